@@ -1,0 +1,103 @@
+"""The run folder (the original trainer's layout) and its logging sinks.
+
+::
+
+    RUN/config.yaml                                   resolved config (read back by gs-render / gs-metrics)
+    RUN/cameras.json                                  test then train cameras, the original's format
+    RUN/point_cloud/iteration_N/point_cloud.ply       Gaussians after N iterations
+    RUN/chkpntN.pth                                   model + optimizer + densification + RNG state
+    RUN/events.out.tfevents.*                         tensorboard scalars and images
+    RUN/<split>/ours_N/{renders,gt}/00000.png         gs-render
+    RUN/results.json, RUN/per_view.json               gs-metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .utils_io import atomic_torch_save, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^chkpnt(\d+)\.pth$")
+ITERATION_PATTERN = re.compile(r"^iteration_(\d+)$")
+
+
+class RunFolder:
+    """Paths and writers of one run.  ``tensorboard=False`` (or tensorboard missing) logs nothing there."""
+
+    def __init__(self, path: str | Path, *, tensorboard: bool = True) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._writer = SummaryWriter(str(self.path))
+            except ImportError as err:
+                log.warning("tensorboard is not available, no event files will be written: %s", err)
+
+    # -- layout -----------------------------------------------------------------------------------
+    def ply_path(self, iteration: int) -> Path:
+        return self.path / "point_cloud" / f"iteration_{iteration}" / "point_cloud.ply"
+
+    def checkpoint_path(self, iteration: int) -> Path:
+        return self.path / f"chkpnt{iteration}.pth"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    # -- writers ----------------------------------------------------------------------------------
+    def save_gaussians(self, model, iteration: int) -> Path:
+        return model.save_ply(self.ply_path(iteration))
+
+    def save_checkpoint(self, state: dict, iteration: int) -> Path:
+        return atomic_torch_save(state, self.checkpoint_path(iteration))
+
+    def save_cameras(self, cameras) -> Path:
+        entries = []
+        for index, cam in enumerate(cameras):
+            entry = cam.to_json()
+            entry["id"] = index
+            entries.append(entry)
+        return atomic_write_json(self.path / "cameras.json", entries)
+
+    def scalar(self, tag: str, value: float, iteration: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, iteration)
+
+    def image(self, tag: str, image: torch.Tensor, iteration: int) -> None:
+        if self._writer is not None:
+            self._writer.add_image(tag, image.detach().clamp(0, 1).cpu(), iteration)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def saved_iterations(run: str | Path) -> list[int]:
+    """Iterations with a point_cloud/iteration_N/point_cloud.ply, ascending."""
+    root = Path(run) / "point_cloud"
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            m = ITERATION_PATTERN.match(child.name)
+            if m and (child / "point_cloud.ply").is_file():
+                found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def latest_checkpoint(run: str | Path) -> Optional[Path]:
+    best = None
+    for child in Path(run).glob("chkpnt*.pth"):
+        m = CHECKPOINT_PATTERN.match(child.name)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), child)
+    return None if best is None else best[1]
