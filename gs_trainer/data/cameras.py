@@ -108,6 +108,20 @@ class Camera:
             self._view_cache[key] = torch.tensor(self.world_view_np, dtype=torch.float32, device=device)
         return self._view_cache[key]
 
+    def camera_center(self, device="cpu") -> torch.Tensor:
+        """[3] float32 camera centre in world coordinates on ``device`` (cached per device)."""
+        key = ("center", str(device))
+        if key not in self._view_cache:
+            self._view_cache[key] = torch.tensor(self.camera_center_np, dtype=torch.float32, device=device)
+        return self._view_cache[key]
+
+    def full_projection(self, device="cpu") -> torch.Tensor:
+        """[4, 4] float32 world -> clip matrix on ``device`` (cached per device)."""
+        key = ("full_projection", str(device))
+        if key not in self._view_cache:
+            self._view_cache[key] = torch.tensor(self.full_projection_np(), dtype=torch.float32, device=device)
+        return self._view_cache[key]
+
     def projection_np(self) -> np.ndarray:
         """[4, 4] OpenGL-style perspective matrix (camera -> clip), with the principal point honoured."""
         p = np.zeros((4, 4))
