@@ -1,0 +1,262 @@
+"""gs-bench: the backward pass per gradient-accumulation policy, against the no-atomics floor and gsplat.
+
+    gs-bench                                     # GPU: 1M synthetic Gaussians at 1920x1080, every policy
+    gs-bench --quick                             # GPU: 200k Gaussians at 960x540, few repeats (gpu_check.sh)
+    gs-bench --ply runs/x/point_cloud.ply --scene data/tabletop --view 0
+    gs-bench --device cpu --synthetic 2000 --width 128 --height 96    # the reference path on the CPU
+
+Writes ``results.json``, ``results.csv`` and PNG charts (``policies.png``, ``threshold_sweep.png``,
+``lane_histogram.png``) into ``--out`` and prints a table.  See docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from cuda_rasterizer import ATOMICS_MODES
+
+from . import bench_plot, bench_report
+from .bench_policies import FLOOR, Policy, PolicyBench, add_ratios, expand_policies
+from .bench_scene import BenchScene, scene_from_files, synthetic_cloud
+from .bench_timing import process_peak_rss_mib
+
+log = logging.getLogger("gs_trainer.bench")
+
+#: Defaults per device: (Gaussians, width, height, warm-up, repeats).  The GPU default is the issue's
+#: target input (1M Gaussians, 1080p); the CPU default is what the reference renders in seconds.
+GPU_DEFAULTS = (1_000_000, 1920, 1080, 10, 50)
+QUICK_DEFAULTS = (200_000, 960, 540, 3, 10)
+CPU_DEFAULTS = (3_000, 160, 120, 1, 3)
+DEFAULT_THRESHOLDS = (1, 2, 4, 8, 12, 16, 24, 32)
+QUICK_THRESHOLDS = (8,)
+#: The lane histograms of the counting kernel and of the reference must be identical; on large inputs a
+#: handful of (pixel, Gaussian) pairs can sit exactly on the alpha >= 1/255 or T >= 1e-4 boundary, where
+#: the kernel's float math (__expf, fused multiply-adds) and torch's differ in the last bit.  This is the
+#: share of steps allowed to land in another bin before the two are declared to disagree.
+LANE_HIST_MAX_MOVED_FRACTION = 1e-5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gs-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input (default: a synthetic cloud)")
+    src.add_argument("--ply", help="trained 3DGS PLY (needs --scene for the camera)")
+    src.add_argument("--scene", "-s", help="scene folder (COLMAP or Blender) giving the camera; without --ply "
+                                           "its SfM points are used as training initialises them")
+    src.add_argument("--view", type=int, default=0, help="camera index in the split (default 0)")
+    src.add_argument("--split", choices=("train", "test"), default="train")
+    src.add_argument("--synthetic", type=int, metavar="N", help="synthetic cloud of N Gaussians")
+    src.add_argument("--width", type=int, help="image width (synthetic: default per device; scene: rescale)")
+    src.add_argument("--height", type=int, help="image height")
+    src.add_argument("--sh-degree", type=int, default=3, help="SH degree of the synthetic cloud (default 3)")
+    src.add_argument("--seed", type=int, default=0)
+    pol = p.add_argument_group("policies")
+    pol.add_argument("--atomics", nargs="+", choices=ATOMICS_MODES, default=list(ATOMICS_MODES))
+    pol.add_argument("--thresholds", nargs="+", type=int, help="distwar balance thresholds to sweep "
+                                                               f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
+    pol.add_argument("--no-floor", action="store_true", help="skip the no-atomics floor")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    run.add_argument("--quick", action="store_true", help="small input, few repeats: a quick GPU check")
+    run.add_argument("--warmup", type=int)
+    run.add_argument("--repeats", type=int)
+    run.add_argument("--train-repeats", type=int, help="repeats of the training iteration (default --repeats)")
+    run.add_argument("--lane-histogram", choices=("auto", "on", "off"), default="auto",
+                     help="auto: the counting kernel on CUDA plus the reference (on the same device); on the CPU "
+                          "the reference alone")
+    run.add_argument("--gsplat", choices=("auto", "off"), default="auto", help="compare with gsplat if importable")
+    run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
+    run.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.ply and not args.scene:
+        p.error("--ply needs --scene for the camera")
+    for t in args.thresholds or ():
+        if not 1 <= t <= 33:
+            p.error(f"--thresholds: {t} is outside 1..33")
+    return args
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("gs-bench: --device cuda but torch sees no CUDA GPU")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _check_extension(device: torch.device) -> None:
+    """On CUDA the policies must run the extension: a silent fallback to the reference would time the wrong code."""
+    if device.type != "cuda":
+        return
+    try:
+        from cuda_rasterizer._backend import load_extension
+        load_extension()
+    except Exception as err:  # noqa: BLE001 - CudaBackendUnavailable or an import error, shown as is
+        raise SystemExit(f"gs-bench: the CUDA rasterizer extension is unavailable: {err}") from None
+
+
+def build_scene(args, device: torch.device, defaults) -> BenchScene:
+    n, width, height = defaults[:3]
+    if args.scene:
+        return scene_from_files(args.scene, args.ply, view=args.view, split=args.split, width=args.width,
+                                height=args.height, device=device)
+    return synthetic_cloud(args.synthetic or n, args.width or width, args.height or height, seed=args.seed,
+                           sh_degree=args.sh_degree, device=device)
+
+
+def lane_histograms(scene: BenchScene, bench: PolicyBench, mode: str) -> dict:
+    """Reference histogram (any device) and, on CUDA, the counting kernel's; whether they agree."""
+    from cuda_rasterizer.lane_profile import lane_histogram_reference, lane_summary
+    if mode == "off":
+        return {"skipped": "--lane-histogram off"}
+    out = {}
+    means, scales, rots, opac, shs = (t.detach() for t in bench.inputs)
+    t0 = time.perf_counter()
+    ref = lane_histogram_reference(means, scales, rots, opac, shs, None, scene.settings)
+    out["reference"] = ref.tolist()
+    out["reference_seconds"] = round(time.perf_counter() - t0, 3)
+    out["reference_device"] = str(scene.device)
+    if scene.device.type == "cuda":
+        try:
+            cuda = bench.lane_histogram_cuda()
+        except Exception as err:  # noqa: BLE001 - reported, the reference still stands
+            log.exception("counting kernel failed")
+            cuda, out["cuda_error"] = None, f"{type(err).__name__}: {err}"
+        if cuda is not None:
+            out["cuda"] = cuda.tolist()
+            moved = int((cuda - ref).abs().sum()) // 2
+            total = max(int(ref.sum()), 1)
+            out["cuda_vs_reference_moved_steps"] = moved
+            out["agree"] = moved <= LANE_HIST_MAX_MOVED_FRACTION * total and int(cuda.sum()) == int(ref.sum())
+            out["exact"] = bool(torch.equal(cuda, ref))
+        elif "cuda_error" not in out:
+            out["cuda_note"] = bench.probe_note
+    thresholds = sorted({1, 2, 4, 8, 12, 16, 24, 32, 33})
+    out["summary"] = lane_summary(ref, thresholds)
+    return out
+
+
+def run(args) -> dict:
+    device = _device(args.device)
+    on_gpu = device.type == "cuda"
+    defaults = (QUICK_DEFAULTS if args.quick else GPU_DEFAULTS) if on_gpu else CPU_DEFAULTS
+    warmup = args.warmup if args.warmup is not None else defaults[3]
+    repeats = args.repeats if args.repeats is not None else defaults[4]
+    thresholds = args.thresholds or (QUICK_THRESHOLDS if args.quick else DEFAULT_THRESHOLDS)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_extension(device)
+
+    t0 = time.perf_counter()
+    scene = build_scene(args, device, defaults)
+    s = scene.settings
+    log.info("input: %s, %d Gaussians, %dx%d, on %s (%.1f s)", scene.source.get("kind"), scene.num_gaussians,
+             s.image_width, s.image_height, device, time.perf_counter() - t0)
+    bench = PolicyBench(scene, warmup=warmup, repeats=repeats, train_repeats=args.train_repeats, seed=args.seed)
+    if bench.probe_note and on_gpu:
+        log.warning("%s", bench.probe_note)
+
+    result = {"environment": bench_report.environment(device),
+              "scene": dict(scene.source, width=s.image_width, height=s.image_height, fx=s.fx, fy=s.fy),
+              "timing": {"warmup": warmup, "repeats": repeats, "train_repeats": args.train_repeats or repeats},
+              "notes": []}
+    if not on_gpu:
+        result["notes"].append("CPU run: the PyTorch reference rasterizer (no atomics policies, no kernels); "
+                               "timings are of the reference, not of the CUDA code")
+    if bench.probe_note:
+        result["notes"].append(bench.probe_note)
+
+    policies = expand_policies(args.atomics, thresholds) if on_gpu else [Policy("reference", "reference")]
+    rows = []
+    for policy in policies:
+        log.info("measuring %s", policy.name)
+        rows.append(bench.measure(policy))
+    if on_gpu and not args.no_floor and bench.probe is not None:
+        log.info("measuring the no-atomics floor (gradient writes dropped; results wrong, timing only)")
+        rows.append(bench.measure(Policy(FLOOR, FLOOR), kernel_only=True))
+    add_ratios(rows)
+    result["rows"] = rows
+
+    lane_mode = args.lane_histogram
+    log.info("lane histogram (%s)", lane_mode)
+    result["lane_histogram"] = lane_histograms(scene, bench, lane_mode)
+
+    if args.gsplat == "off":
+        result["gsplat"] = {"skipped": "--gsplat off"}
+    else:
+        from .bench_gsplat import compare_with_gsplat
+        log.info("gsplat comparison")
+        try:
+            result["gsplat"] = compare_with_gsplat(scene, warmup=warmup, repeats=repeats, grad_image=bench.grad_image)
+        except Exception as err:  # noqa: BLE001 - the peer is optional; report why it failed
+            log.exception("gsplat comparison failed")
+            result["gsplat"] = {"error": f"{type(err).__name__}: {err}"}
+    result["targets"] = bench_report.evaluate_targets(result)
+    if not on_gpu:
+        result["environment"]["peak_rss_mib"] = round(process_peak_rss_mib(), 1)
+
+    result["files"] = write_outputs(result, out_dir, plots=not args.no_plots)
+    return result
+
+
+def write_outputs(result: dict, out_dir: Path, plots: bool = True) -> list:
+    files = [bench_report.write_json(result, out_dir / "results.json"),
+             bench_report.write_csv(result["rows"], out_dir / "results.csv")]
+    if plots:
+        env, sc = result["environment"], result["scene"]
+        where = env.get("gpu") or f"CPU ({env.get('cpu', '?')})"
+        title = f"{where}, {sc.get('num_gaussians', 0):,} Gaussians, {sc['width']}x{sc['height']}"
+        try:
+            files.append(bench_plot.plot_policies(result["rows"], out_dir / "policies.png", title))
+            files.append(bench_plot.plot_threshold_sweep(result["rows"], out_dir / "threshold_sweep.png", title))
+            hist = result["lane_histogram"].get("cuda") or result["lane_histogram"].get("reference")
+            if hist:
+                files.append(bench_plot.plot_lane_histogram(hist, out_dir / "lane_histogram.png",
+                                                            f"Contributing lanes per (warp, Gaussian) step: {title}"))
+        except Exception:  # noqa: BLE001 - the figures are written; a plot failure is logged, not fatal
+            log.exception("plotting failed (JSON and CSV are written)")
+    return [str(f) for f in files if f]
+
+
+def _print_summary(result: dict) -> None:
+    print(bench_report.table(result["rows"]))
+    lane = result.get("lane_histogram", {})
+    if "summary" in lane:
+        sm = lane["summary"]
+        print(f"lane profile: {sm['active_steps']:,} active warp steps, mean {sm['mean_lanes_per_active_step']:.2f} "
+              f"lanes, {sm['full_warp_step_fraction']:.1%} full warps"
+              + (f"; CUDA vs reference: {'agree' if lane.get('agree') else 'DISAGREE'}" if "agree" in lane else ""))
+    gs = result.get("gsplat", {})
+    if "speedup_vs_gsplat" in gs:
+        print(f"gsplat {gs['gsplat_version']}: image mean |diff| {gs['image_mean_abs_diff']:.2e} "
+              f"(match: {gs['images_match']}); ours fwd+bwd {gs['ours_timing']['forward_backward_ms']:.3f} ms, "
+              f"gsplat best {gs['gsplat_best_forward_backward_ms']:.3f} ms ({gs['speedup_vs_gsplat']:.2f}x)")
+    else:
+        print(f"gsplat: {gs.get('skipped') or gs.get('error') or 'n/a'}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    print("written: " + ", ".join(result.get("files", [])))
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run(args)
+    _print_summary(result)
+    errors = [r["policy"] for r in result["rows"] if r.get("errors")]
+    if errors:
+        log.error("errors in: %s (see results.json)", ", ".join(errors))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
