@@ -1,0 +1,107 @@
+// Stage 2: prefix sum of tiles touched, duplication with 64-bit (tile, depth) keys, a radix sort over
+// the bits the tile count needs, and per-tile ranges of the sorted list.
+#include <cub/cub.cuh>
+
+#include "common.cuh"
+#include "math.cuh"
+
+namespace gsr {
+namespace {
+
+constexpr int kThreads = 256;
+
+// One key per (Gaussian, tile touched): tile id in the high 32 bits, depth bits in the low 32 (depths are
+// > 0.2, so their bit patterns sort like the floats).  Gaussians are written in index order, and the sort
+// is stable, so equal depths keep index order, as in the reference.
+__global__ void __launch_bounds__(kThreads) duplicate_kernel(Camera cam, BinningParams b) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= b.n || b.tiles_touched[i] == 0) return;
+    int off = i == 0 ? 0 : b.offsets[i - 1];
+    const int end = b.offsets[i];
+    int rect[4];
+    tile_rect(cam, b.means2d[2 * i], b.means2d[2 * i + 1], static_cast<float>(b.radii[i]), rect);
+    const uint64_t depth = float_bits(b.depths[i]);
+    for (int y = rect[1]; y < rect[3]; ++y)
+        for (int x = rect[0]; x < rect[2] && off < end; ++x, ++off) {
+            b.keys[off] = (static_cast<uint64_t>(y * cam.grid_x + x) << 32) | depth;
+            b.values[off] = i;
+        }
+}
+
+__global__ void __launch_bounds__(kThreads) tile_ranges_kernel(BinningParams b) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= b.num_rendered) return;
+    const int tile = static_cast<int>(b.sorted_keys[idx] >> 32);
+    if (idx == 0) {
+        b.ranges[2 * tile] = 0;
+    } else {
+        const int prev = static_cast<int>(b.sorted_keys[idx - 1] >> 32);
+        if (tile != prev) {
+            b.ranges[2 * prev + 1] = idx;
+            b.ranges[2 * tile] = idx;
+        }
+    }
+    if (idx == b.num_rendered - 1) b.ranges[2 * tile + 1] = b.num_rendered;
+}
+
+}  // namespace
+
+size_t scan_temp_bytes(int n) {
+    size_t bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const int*>(nullptr), static_cast<int*>(nullptr), n);
+    return bytes;
+}
+
+Status launch_scan(const int* tiles_touched, int* offsets, int n, void* temp, size_t temp_bytes, void* stream,
+                   bool debug) {
+    if (n == 0) return ok_status();
+    cudaError_t err = cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, n, as_stream(stream));
+    if (err != cudaSuccess) return Status{static_cast<int>(err), "cub::DeviceScan::InclusiveSum"};
+    return check_launch("cub::DeviceScan::InclusiveSum", stream, debug);
+}
+
+Status read_int_sync(const int* device_value, int* host_value, void* stream) {
+    cudaError_t err = cudaMemcpyAsync(host_value, device_value, sizeof(int), cudaMemcpyDeviceToHost,
+                                      as_stream(stream));
+    if (err == cudaSuccess) err = cudaStreamSynchronize(as_stream(stream));
+    return Status{static_cast<int>(err), "read_int_sync (cudaMemcpyAsync)"};
+}
+
+int sort_end_bit(int num_tiles) {
+    int bits = 0;
+    while (bits < 31 && (1 << bits) < num_tiles) ++bits;
+    return 32 + bits;
+}
+
+size_t sort_temp_bytes(int num_rendered, int end_bit) {
+    size_t bytes = 0;
+    cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                    static_cast<uint64_t*>(nullptr), static_cast<const int*>(nullptr),
+                                    static_cast<int*>(nullptr), num_rendered, 0, end_bit);
+    return bytes;
+}
+
+Status launch_binning(const Camera& cam, BinningParams b, uint64_t* keys_sorted, int* values_sorted, void* temp,
+                      size_t temp_bytes, void* stream, bool debug) {
+    const int num_tiles = cam.grid_x * cam.grid_y;
+    cudaStream_t s = as_stream(stream);
+    cudaError_t err = cudaMemsetAsync(b.ranges, 0, sizeof(int) * 2 * static_cast<size_t>(num_tiles), s);
+    if (err != cudaSuccess) return Status{static_cast<int>(err), "cudaMemsetAsync(ranges)"};
+    if (b.num_rendered == 0) return ok_status();
+
+    duplicate_kernel<<<blocks_for(b.n, kThreads), kThreads, 0, s>>>(cam, b);
+    Status st = check_launch("duplicate_kernel", stream, debug);
+    if (st.code) return st;
+
+    err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, b.keys, keys_sorted, b.values, values_sorted,
+                                          b.num_rendered, 0, sort_end_bit(num_tiles), s);
+    if (err != cudaSuccess) return Status{static_cast<int>(err), "cub::DeviceRadixSort::SortPairs"};
+    st = check_launch("cub::DeviceRadixSort::SortPairs", stream, debug);
+    if (st.code) return st;
+
+    b.sorted_keys = keys_sorted;
+    tile_ranges_kernel<<<blocks_for(b.num_rendered, kThreads), kThreads, 0, s>>>(b);
+    return check_launch("tile_ranges_kernel", stream, debug);
+}
+
+}  // namespace gsr
