@@ -223,7 +223,8 @@ def test_all_missing_images_are_listed(tmp_path):
         (tmp_path / "images" / name).unlink()
     with pytest.raises(SceneError) as err:
         Scene(tmp_path)
-    one_line_naming(err, tmp_path / "images", "3 of 10", "img_03.png", "img_07.png", "img_09.png")
+    one_line_naming(err, tmp_path / "images", "3 of 10", "img_03.png", "img_07.png", "img_09.png",
+                    str(tmp_path / "sparse" / "0" / "images.bin"))
 
 
 def test_missing_image_folder(tmp_path):

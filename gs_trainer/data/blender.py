@@ -135,7 +135,7 @@ def blender_views(source: Path, *, eval: bool, white_background: bool) -> List[V
                     img = img[..., :3] * alpha + bg * (1.0 - alpha)
                 return img, Camera(0, name, w, h, fx, fy, cx, cy, R, t)
 
-            views.append(View(name, path, load, split))
+            views.append(View(name, path, load, split, listed_in=json_path))
     return views
 
 

@@ -234,7 +234,7 @@ def _camera_model(path, camera_id, model_id=None, name=None) -> CameraModel:
     model = CAMERA_MODEL_BY_ID.get(model_id) if name is None else CAMERA_MODEL_BY_NAME.get(name)
     if model is None:
         what = f"id {model_id}" if name is None else f"{name!r}"
-        known = ", ".join(f"{m.model_id}={m.name}" for m in CAMERA_MODELS)
+        known = f"ids 0-{len(CAMERA_MODELS) - 1}, names as in COLMAP's cameras.txt"
         raise scene_error(path, f"camera {camera_id}: unknown camera model {what} (known: {known})")
     return model
 

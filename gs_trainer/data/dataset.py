@@ -155,7 +155,9 @@ def _check_all_exist(views: List[View], source: Path) -> None:
     listed = ", ".join(names[:MAX_LISTED_MISSING])
     if len(names) > MAX_LISTED_MISSING:
         listed += f", ... and {len(names) - MAX_LISTED_MISSING} more"
-    raise scene_error(folder, f"{len(missing)} of {len(views)} images listed by the scene are missing: {listed}")
+    lister = missing[0].listed_in
+    where = f"listed in {lister}" if lister is not None else "listed by the scene"
+    raise scene_error(folder, f"{len(missing)} of {len(views)} images {where} are missing: {listed}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def colmap_views(source: Path, model_dir: Path, images: str, cache_dir: Path):
             h, w = image.shape[:2]
             return image, Camera(img.image_id, img.name, w, h, fx, fy, cx, cy, R, t)
 
-        views.append(View(img.name, path, load))
+        views.append(View(img.name, path, load, listed_in=images_file))
     points = model.points.xyz.astype(np.float32)
     colors = model.points.rgb.astype(np.float32) / 255.0
     return views, points, colors

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -233,8 +233,9 @@ class View:
 
     name: str
     path: Path
-    load: "object"
+    load: Callable[[], Tuple[np.ndarray, "object"]]
     split: Optional[str] = None
+    listed_in: Optional[Path] = None  # the file that lists this view (for error messages)
 
 
 def fit_intrinsics(cam_w: int, cam_h: int, img_w: int, img_h: int, image_path: Path, camera_file: str,
