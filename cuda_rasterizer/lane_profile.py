@@ -21,46 +21,17 @@ from typing import Optional
 
 import torch
 
-from .reference import (ALPHA_MAX, ALPHA_MIN, T_MIN, _alphas, _tile_pixels, bin_gaussians, contribution_mask,
-                        project_gaussians)
+from . import reference
+from .reference import _tile_pixels, bin_gaussians, contribution_mask, project_gaussians
 from .settings import BLOCK_X, BLOCK_Y, RasterSettings
 
 WARP_SIZE = 32
 ROWS_PER_WARP = WARP_SIZE // BLOCK_X          # 2: a warp covers two rows of a 16-wide tile
 WARPS_PER_TILE = (BLOCK_X * BLOCK_Y) // WARP_SIZE
 NUM_BINS = WARP_SIZE + 1                      # 0..32 contributing lanes
-#: Pixel-by-Gaussian masks of a tile are evaluated in pieces of at most this many Gaussians, so that a
-#: long tile list (millions of Gaussians at 1080p) never needs a [256, K] mask at once.  The transmittance
-#: is carried between pieces, so the result is that of ``contribution_mask`` on the whole list.
-_CHUNK = 4096
-
-
-def _tile_mask(proj, ids: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """``contribution_mask`` over the tile's whole list, evaluated in pieces of ``_CHUNK`` Gaussians.
-
-    The transmittance is carried from piece to piece as the first factor of the next piece's running
-    product, so the products are formed in the same order as one ``cumprod`` over the whole list.  Once
-    every pixel has stopped, the remaining columns are left False without being evaluated.
-    Returns [P, K] bool.
-    """
-    k = ids.numel()
-    if k <= _CHUNK:
-        return contribution_mask(proj, ids, px, py)
-    out = torch.zeros(px.numel(), k, dtype=torch.bool, device=ids.device)
-    with torch.no_grad():
-        t_carry = torch.ones(px.numel(), 1, dtype=proj.opacities.dtype, device=ids.device)
-        for start in range(0, k, _CHUNK):
-            sub = ids[start:start + _CHUNK]
-            raw, power = _alphas(proj, sub, px, py)
-            alpha = torch.clamp_max(raw, ALPHA_MAX)
-            valid = (power <= 0) & (alpha >= ALPHA_MIN)
-            factors = torch.cat([t_carry, 1.0 - torch.where(valid, alpha, torch.zeros_like(alpha))], 1)
-            t_after = torch.cumprod(factors, dim=1)[:, 1:]
-            out[:, start:start + sub.numel()] = valid & (t_after >= T_MIN)
-            t_carry = t_after[:, -1:]
-            if not bool((t_carry >= T_MIN).any()):
-                break
-    return out
+#: Gaussians per step of ``contribution_mask``'s walk over a tile's list (it bounds the [256, chunk] masks
+#: held at once; the result does not depend on it).
+MASK_CHUNK = reference.MASK_CHUNK
 
 
 def _warps_in_image(ty: int, settings: RasterSettings) -> int:
@@ -77,9 +48,11 @@ def lane_counts_of_tile(proj, ids: torch.Tensor, tx: int, ty: int, settings: Ras
         return torch.zeros(n_warps, 0, dtype=torch.int64, device=device)
     px, py = _tile_pixels(tx, ty, settings, device, proj.means2d.dtype)
     warp_of_pixel = (py - ty * BLOCK_Y) // ROWS_PER_WARP
-    mask = _tile_mask(proj, ids, px, py)                            # [P, K]
+    # [P, K'] with K' <= K: the walk stops once every pixel of the tile has stopped, and the Gaussians
+    # past K' are composited by no pixel (their steps count 0 lanes).
+    mask = contribution_mask(proj, ids, px, py, chunk=MASK_CHUNK)
     counts = torch.zeros(n_warps, ids.numel(), dtype=torch.int64, device=device)
-    counts.index_add_(0, warp_of_pixel, mask.to(torch.int64))
+    counts[:, :mask.shape[1]].index_add_(0, warp_of_pixel, mask.to(torch.int64))
     return counts
 
 

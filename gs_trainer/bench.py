@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -70,11 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--lane-histogram", choices=("auto", "on", "off"), default="auto",
                      help="auto: the counting kernel on CUDA plus the reference (on the same device); on the CPU "
                           "the reference alone")
+    run.add_argument("--lanes-only", action="store_true",
+                     help="only the lane histogram(s): no timings, no gsplat (the exact CPU profile of a large input)")
     run.add_argument("--gsplat", choices=("auto", "off"), default="auto", help="compare with gsplat if importable")
     run.add_argument("--no-plots", action="store_true")
     run.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
     run.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.ply and not args.scene:
         p.error("--ply needs --scene for the camera")
     for t in args.thresholds or ():
@@ -163,7 +167,7 @@ def run(args) -> dict:
     if bench.probe_note and on_gpu:
         log.warning("%s", bench.probe_note)
 
-    result = {"environment": bench_report.environment(device),
+    result = {"environment": bench_report.environment(device, args.argv),
               "scene": dict(scene.source, width=s.image_width, height=s.image_height, fx=s.fx, fy=s.fy),
               "timing": {"warmup": warmup, "repeats": repeats, "train_repeats": args.train_repeats or repeats},
               "notes": []}
@@ -174,22 +178,25 @@ def run(args) -> dict:
         result["notes"].append(bench.probe_note)
 
     policies = expand_policies(args.atomics, thresholds) if on_gpu else [Policy("reference", "reference")]
+    if args.lanes_only:
+        policies = []
+        result["notes"].append("--lanes-only: no timings taken")
     rows = []
     for policy in policies:
         log.info("measuring %s", policy.name)
         rows.append(bench.measure(policy))
-    if on_gpu and not args.no_floor and bench.probe is not None:
+    if on_gpu and not args.no_floor and not args.lanes_only and bench.probe is not None:
         log.info("measuring the no-atomics floor (gradient writes dropped; results wrong, timing only)")
         rows.append(bench.measure(Policy(FLOOR, FLOOR), kernel_only=True))
     add_ratios(rows)
     result["rows"] = rows
 
-    lane_mode = args.lane_histogram
+    lane_mode = "on" if args.lanes_only else args.lane_histogram
     log.info("lane histogram (%s)", lane_mode)
     result["lane_histogram"] = lane_histograms(scene, bench, lane_mode)
 
-    if args.gsplat == "off":
-        result["gsplat"] = {"skipped": "--gsplat off"}
+    if args.gsplat == "off" or args.lanes_only:
+        result["gsplat"] = {"skipped": "--gsplat off" if args.gsplat == "off" else "--lanes-only"}
     else:
         from .bench_gsplat import compare_with_gsplat
         log.info("gsplat comparison")

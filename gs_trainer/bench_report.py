@@ -6,7 +6,6 @@ import csv
 import datetime
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -39,12 +38,12 @@ def _git(*args: str) -> Optional[str]:
         return None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, argv: list) -> dict:
     env = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(["gs-bench"] + sys.argv[1:]),
+        "command": " ".join(["gs-bench"] + [str(a) for a in argv]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "host": platform.node(),

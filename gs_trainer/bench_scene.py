@@ -146,19 +146,13 @@ def synthetic_cloud(n: int, width: int, height: int, *, seed: int = 0, sh_degree
     return BenchScene(params, sh_degree, camera, settings, source)
 
 
-def _scene_cameras(scene_path: str, split: str, device):
-    """The cameras of a scene folder (COLMAP or Blender), through gs_trainer.data.dataset.Scene."""
+def _load_scene(scene_path: str, device):
+    """gs_trainer.data.dataset.Scene (COLMAP or Blender folder) with its cameras and initial points."""
     try:
         from .data.dataset import Scene
     except ImportError as err:
         raise RuntimeError(f"gs-bench: reading the scene {scene_path} needs gs_trainer.data.dataset ({err})") from None
-    scene = Scene(scene_path)
-    cams = scene.train_cameras if split == "train" else scene.test_cameras
-    if not cams:
-        cams = scene.train_cameras or scene.test_cameras
-    if not cams:
-        raise RuntimeError(f"gs-bench: the scene {scene_path} has no cameras")
-    return scene, cams
+    return Scene(scene_path, device=device)
 
 
 def scene_from_files(scene_path: str, ply: Optional[str], *, view: int = 0, split: str = "train",
@@ -169,8 +163,11 @@ def scene_from_files(scene_path: str, ply: Optional[str], *, view: int = 0, spli
     ``width`` alone with the aspect kept.
     """
     from .model import GaussianModel
-    scene, cams = _scene_cameras(scene_path, split, device)
-    cam = cams[view % len(cams)]
+    scene = _load_scene(scene_path, device)
+    cams = (scene.train_cameras if split == "train" else scene.test_cameras) or scene.cameras
+    if not 0 <= view < len(cams):
+        raise ValueError(f"gs-bench: --view {view} is out of range: {scene_path} has {len(cams)} {split} cameras")
+    cam = cams[view]
     if width and not height:
         height = max(1, round(cam.height * width / cam.width))
     if width and height:
@@ -179,17 +176,11 @@ def scene_from_files(scene_path: str, ply: Optional[str], *, view: int = 0, spli
         model = GaussianModel.load_ply(ply, device=device)
         source = {"kind": "ply", "ply": str(ply)}
     else:
-        points = getattr(scene, "points", None)
-        colors = getattr(scene, "point_colors", None)
-        if points is None:
-            pcd = getattr(scene, "point_cloud", None)
-            points, colors = (pcd.points, pcd.colors) if pcd is not None else (None, None)
-        if points is None:
-            raise RuntimeError(f"gs-bench: no --ply given and the scene {scene_path} exposes no points")
-        model = GaussianModel.from_points(points, colors, 3, device=device)
+        model = GaussianModel.from_points(scene.points, scene.colors, 3, device=device)
         source = {"kind": "sfm-init", "note": "the scene's SfM points as training initialises them"}
     params = {name: getattr(model, name).detach().contiguous() for name in PARAM_NAMES}
     settings = cam.raster_settings(background(device), sh_degree=model.max_sh_degree)
     source.update({"scene": str(scene_path), "split": split, "view": int(view), "image": cam.image_name,
+                   "scene_extent": float(scene.extent),
                    "num_gaussians": int(params["means"].shape[0]), "sh_degree": model.max_sh_degree})
     return BenchScene(params, model.max_sh_degree, cam, settings, source)

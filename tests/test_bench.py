@@ -193,3 +193,15 @@ def test_bad_arguments_are_refused():
         bench.parse_args(["--ply", "x.ply"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--thresholds", "0"])
+
+
+def test_lanes_only_on_the_default_scene(tmp_path):
+    from pathlib import Path
+    scene_dir = Path(__file__).resolve().parents[1] / "data" / "tabletop"
+    if not scene_dir.is_dir():
+        pytest.skip(f"default scene not found at {scene_dir}")
+    assert bench.main(["--device", "cpu", "--scene", str(scene_dir), "--lanes-only", "-q", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["rows"] == [] and result["scene"]["kind"] == "sfm-init"
+    assert result["lane_histogram"]["summary"]["active_steps"] > 0
+    assert (tmp_path / "lane_histogram.png").is_file() and not (tmp_path / "policies.png").exists()

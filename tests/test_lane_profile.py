@@ -109,10 +109,10 @@ def test_histogram_counts_every_step_of_every_in_image_warp(tiny):
     assert sum(c * int(hist[c]) for c in range(NUM_BINS)) == pairs
 
 
-def test_chunked_mask_equals_whole_list(tiny, monkeypatch):
+def test_histogram_does_not_depend_on_the_chunk_of_the_walk(tiny, monkeypatch):
     means, scales, rots, opac, shs, settings = tiny
     whole = lane_histogram_reference(means, scales, rots, opac, shs, None, settings)
-    monkeypatch.setattr(lane_profile, "_CHUNK", 5)
+    monkeypatch.setattr(lane_profile, "MASK_CHUNK", 5)
     assert torch.equal(lane_histogram_reference(means, scales, rots, opac, shs, None, settings), whole)
 
 
