@@ -19,7 +19,8 @@ Usage:
     python scripts/make_synthetic_scene.py --out data/tabletop            # the shipped default scene
     python scripts/make_synthetic_scene.py --out /tmp/big --num-views 60 --width 400 --height 300
 
-Needs the ``data`` extra (pycolmap).  A summary (registered images, 3D points, reprojection error,
+Needs the ``data`` extra (pycolmap).  The rendered images are byte-identical from run to run; COLMAP's
+multi-threaded matching and bundle adjustment can move the model by tiny amounts between runs.  A summary (registered images, 3D points, reprojection error,
 size on disk) is printed at the end.
 """
 
