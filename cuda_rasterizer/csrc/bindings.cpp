@@ -241,10 +241,12 @@ std::vector<Tensor> render_backward(const Tensor& means2d, const Tensor& conics,
     if (grad_final_T) check_tensor(*grad_final_T, "grad_final_T", device, torch::kFloat32, {cam.height, cam.width});
     const int64_t n = means2d.size(0);
     const auto opt = means2d.options();
-    Tensor g_means2d = torch::zeros({n, 2}, opt);
-    Tensor g_conics = torch::zeros({n, 3}, opt);
-    Tensor g_colors = torch::zeros({n, 3}, opt);
-    Tensor g_opacities = torch::zeros({n}, opt);
+    // one zeroed buffer (one memset) holding the four gradients
+    Tensor grads = torch::zeros({n * gsr::kGradValues}, opt);
+    Tensor g_means2d = grads.narrow(0, 0, 2 * n).view({n, 2});
+    Tensor g_conics = grads.narrow(0, 2 * n, 3 * n).view({n, 3});
+    Tensor g_colors = grads.narrow(0, 5 * n, 3 * n).view({n, 3});
+    Tensor g_opacities = grads.narrow(0, 8 * n, n);
     Tensor dummy = mode == gsr::kFloor ? torch::empty({gsr::kBlockSize * gsr::kGradValues}, opt) : torch::empty({0}, opt);
     p.final_T = final_T.data_ptr<float>();
     p.n_contrib = n_contrib.data_ptr<int>();

@@ -1,0 +1,76 @@
+"""Kernel-level probes for benchmarks (gs-bench): the backward render kernel alone, per policy.
+
+Not part of the training path; ``atomics="floor"`` (no atomics, wrong results) is reachable only here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .autograd import MODE_IDS, CameraArgs, _as_f32
+from ._backend import load_extension
+from .settings import RasterSettings
+
+
+class BackwardRenderProbe:
+    """Runs preprocess, binning and the forward render once and keeps every buffer, so that the backward
+    render kernel can be launched on its own (and timed with CUDA events by the caller).
+
+    Args: as ``rasterize_gaussians`` (CUDA tensors; shs or colors_precomp).
+    Attributes: image [3, H, W], final_T [H, W], n_contrib [H, W], means2d [N, 2], conics [N, 3],
+        colors [N, 3], opacities [N], radii [N], point_list [M], ranges [tiles, 2].
+    """
+
+    def __init__(self, means: torch.Tensor, scales: torch.Tensor, rotations: torch.Tensor,
+                 opacities: torch.Tensor, shs: Optional[torch.Tensor], colors_precomp: Optional[torch.Tensor],
+                 settings: RasterSettings):
+        if (shs is None) == (colors_precomp is None):
+            raise ValueError("BackwardRenderProbe: give exactly one of shs and colors_precomp")
+        self.ext = load_extension()
+        device = means.device
+        self.settings = settings
+        self.cam = CameraArgs.make(settings, device)
+        with torch.no_grad():
+            f = lambda t, name: _as_f32(t.detach() if t is not None else None, name, device)  # noqa: E731
+            means2d, conics, colors, depths, radii, tiles, _ = self.ext.preprocess_forward(
+                f(means, "means"), f(scales, "scales"), f(rotations, "rotations"), f(shs, "shs"),
+                *self.cam.args())
+            if colors_precomp is not None:
+                colors = f(colors_precomp, "colors_precomp")
+            self.means2d, self.conics, self.colors, self.radii = means2d, conics, colors, radii
+            self.opacities = f(opacities, "opacities").reshape(-1).contiguous()
+            self.point_list, self.ranges = self.ext.bin_gaussians(means2d, depths, radii, tiles, *self.cam.args())
+            self.image, self.final_T, self.n_contrib = self.ext.render_forward(
+                self.means2d, self.conics, self.colors, self.opacities, self.point_list, self.ranges,
+                *self.cam.args())
+
+    def _render_inputs(self):
+        return (self.means2d, self.conics, self.colors, self.opacities, self.point_list, self.ranges)
+
+    def backward_render(self, grad_image: torch.Tensor, atomics: str, balance_threshold: int = 8) -> dict:
+        """Launch the backward render kernel once with the given policy.
+
+        Args:
+            grad_image: [3, H, W] dL/dimage on the probe's device.
+            atomics: "baseline", "warp", "distwar", "tile", or "floor" (no atomics: results wrong).
+            balance_threshold: 1..33 (distwar and tile).
+        Returns: {"means2d": [N, 2], "conics": [N, 3], "opacities": [N], "colors": [N, 3]}, fresh
+        buffers zeroed by one memset before the kernel (the only other launch).
+        """
+        if atomics not in MODE_IDS:
+            raise ValueError(f"backward_render: atomics must be one of {tuple(MODE_IDS)}, got {atomics!r}")
+        grad_image = grad_image.to(device=self.means2d.device, dtype=torch.float32).contiguous()
+        a = self.cam.args()
+        g_m2d, g_con, g_col, g_op = self.ext.render_backward(
+            *self._render_inputs(), self.final_T, self.n_contrib, grad_image, None, *a[:5],
+            MODE_IDS[atomics], int(balance_threshold), *a[5:])
+        return {"means2d": g_m2d, "conics": g_con, "opacities": g_op, "colors": g_col}
+
+    def lane_histogram(self) -> torch.Tensor:
+        """[33] int64: for each tile, each warp of the tile with a pixel in the image (warp w = rows 2w and
+        2w + 1 of the tile) and each Gaussian of the tile's depth-sorted list, the number of the warp's
+        in-image pixels that composite that Gaussian (power <= 0, alpha >= 1/255, position < n_contrib),
+        binned 0..32."""
+        return self.ext.lane_histogram(*self._render_inputs(), self.n_contrib, *self.cam.args())
