@@ -55,8 +55,12 @@ class CameraArgs:
         campos = settings.campos.detach().to(**f32).contiguous().reshape(3)
         bg = settings.bg.detach().to(**f32).contiguous().reshape(3)
         floats, ints = camera_scalars(settings)
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return CameraArgs(view, campos, bg, floats, ints, int(stream), debug_enabled(settings.debug))
+        return CameraArgs(view, campos, bg, floats, ints, _current_stream(device), debug_enabled(settings.debug))
+
+
+def _current_stream(device: torch.device) -> int:
+    """The raw cudaStream_t of the device's current stream (the extension launches on it)."""
+    return int(torch.cuda.current_stream(device).cuda_stream)
 
 
 def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -160,6 +164,12 @@ def rasterize_gaussians_cuda(means: torch.Tensor, scales: torch.Tensor, rotation
     from .reference import _check_inputs
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
     load_extension()  # raises CudaBackendUnavailable before any graph is built
+    return _rasterize(means, scales, rotations, opacities, shs, colors_precomp, settings, atomics,
+                      int(balance_threshold))
+
+
+def _rasterize(means, scales, rotations, opacities, shs, colors_precomp, settings, atomics, balance_threshold):
+    """The pipeline behind rasterize_gaussians_cuda, inputs already checked."""
     device = means.device
     cam = CameraArgs.make(settings, device)
     means_f = _as_f32(means, "means", device)
@@ -171,5 +181,5 @@ def rasterize_gaussians_cuda(means: torch.Tensor, scales: torch.Tensor, rotation
     if colors_precomp is not None:
         colors = _as_f32(colors_precomp, "colors_precomp", device)
     image, final_T, n_contrib = _Render.apply(means2d, conics, colors, opacities_f, depths.detach(), radii, tiles,
-                                              cam, MODE_IDS[atomics], int(balance_threshold))
+                                              cam, MODE_IDS[atomics], balance_threshold)
     return RasterOutput(image, radii, means2d, depths, final_T, n_contrib)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cuda_rasterizer.autograd import camera_scalars
-from cuda_rasterizer.reference import FRUSTUM_CLAMP, rasterize_gaussians_reference, random_scene  # noqa: F401
+from cuda_rasterizer.reference import rasterize_gaussians_reference, random_scene
 from cuda_rasterizer.settings import RasterSettings
 
 HERE = Path(__file__).resolve().parent
