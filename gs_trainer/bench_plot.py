@@ -168,7 +168,7 @@ def plot_lane_histogram(hist: list, path: Path, title: str) -> Optional[Path]:
         v = vmax * k / 4
         y = int(h - bottom - (h - top - bottom) * v / vmax)
         cv2.line(img, (left - 4, y), (left, y), BLACK, 1)
-        _text(img, f"{v:.0%}" if vmax >= 0.05 else f"{v:.1%}", left - 6, y, 0.36, anchor="right")
+        _text(img, f"{100 * v:.3g}%", left - 6, y, 0.36, anchor="right")
     _text(img, "contributing lanes of the warp", (left + w - right) // 2, h - 16, 0.42, anchor="centre")
     cv2.imwrite(str(path), img)
     return path

@@ -158,7 +158,8 @@ class PolicyBench:
 
         def step(_):
             out = render(model, self.scene.camera, bg, atomics=atomics, balance_threshold=policy.threshold)
-            out.means2d.retain_grad()
+            if out.means2d.requires_grad:      # the trainer reads its gradient for densification
+                out.means2d.retain_grad()
             loss, _ = gaussian_splatting_loss(out.image, self.target, lambda_dssim)
             loss.backward()
             optimizer.step()

@@ -205,3 +205,15 @@ def test_lanes_only_on_the_default_scene(tmp_path):
     assert result["rows"] == [] and result["scene"]["kind"] == "sfm-init"
     assert result["lane_histogram"]["summary"]["active_steps"] > 0
     assert (tmp_path / "lane_histogram.png").is_file() and not (tmp_path / "policies.png").exists()
+
+
+def test_plot_script_redraws_from_results_json(smoke, tmp_path):
+    import importlib.util
+    from pathlib import Path
+    out, _result = smoke
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plot_bench.py"
+    spec = importlib.util.spec_from_file_location("plot_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(out / "results.json"), "--out", str(tmp_path), "--prefix", "cpu_"]) == 0
+    assert (tmp_path / "cpu_policies.png").is_file() and (tmp_path / "cpu_lane_histogram.png").is_file()
