@@ -223,10 +223,12 @@ def write_outputs(result: dict, out_dir: Path, plots: bool = True) -> list:
         try:
             files.append(bench_plot.plot_policies(result["rows"], out_dir / "policies.png", title))
             files.append(bench_plot.plot_threshold_sweep(result["rows"], out_dir / "threshold_sweep.png", title))
-            hist = result["lane_histogram"].get("cuda") or result["lane_histogram"].get("reference")
+            lanes = result["lane_histogram"]
+            hist = lanes.get("cuda") or lanes.get("reference")
             if hist:
-                files.append(bench_plot.plot_lane_histogram(hist, out_dir / "lane_histogram.png",
-                                                            f"Contributing lanes per (warp, Gaussian) step: {title}"))
+                how = "counting kernel" if lanes.get("cuda") else "exact, reference rasterizer"
+                files.append(bench_plot.plot_lane_histogram(
+                    hist, out_dir / "lane_histogram.png", f"Contributing lanes per (warp, Gaussian) step ({how}): {title}"))
         except Exception:  # noqa: BLE001 - the figures are written; a plot failure is logged, not fatal
             log.exception("plotting failed (JSON and CSV are written)")
     return [str(f) for f in files if f]

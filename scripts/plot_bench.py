@@ -29,8 +29,10 @@ def main(argv=None) -> int:
     lanes = result.get("lane_histogram", {})
     hist = lanes.get("cuda") or lanes.get("reference")
     if hist:
+        how = "counting kernel" if lanes.get("cuda") else "exact, reference rasterizer"
         written.append(bench_plot.plot_lane_histogram(
-            hist, out / f"{args.prefix}lane_histogram.png", f"Contributing lanes per (warp, Gaussian) step: {title}"))
+            hist, out / f"{args.prefix}lane_histogram.png",
+            f"Contributing lanes per (warp, Gaussian) step ({how}): {title}"))
     for path in written:
         if path:
             print(path)
