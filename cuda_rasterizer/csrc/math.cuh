@@ -214,13 +214,17 @@ GSR_HD void compute_conic_vjp(const float cov2d[3], const float g_conic[3], floa
     g_cov2d[2] = g_conic[0] * inv + g_det * a;
 }
 
+// Radii are capped here (far beyond any image) so that the int32 radius stored by the preprocess converts
+// back to the very float it came from: the binning recomputes the tile rectangle from it.
+constexpr float kMaxRadius = 1073741824.f;  // 2^30
+
 // 3-sigma radius of the larger eigenvalue; NaN/inf give 0.
 GSR_HD float compute_radius(const float cov2d[3], float det) {
     const float a = cov2d[0] + kLowPass, c = cov2d[2] + kLowPass;
     const float mid = 0.5f * (a + c);
     const float lambda1 = mid + sqrtf(fmaxf(mid * mid - det, 0.1f));
     const float r = ceilf(3.f * sqrtf(lambda1));
-    return is_finite(r) ? r : 0.f;
+    return is_finite(r) ? fminf(r, kMaxRadius) : 0.f;
 }
 
 // Tiles [rect[0], rect[2]) x [rect[1], rect[3]) overlapped by the square of half-side r (floor, clamp).
