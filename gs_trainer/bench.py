@@ -193,7 +193,11 @@ def run(args) -> dict:
 
     lane_mode = "on" if args.lanes_only else args.lane_histogram
     log.info("lane histogram (%s)", lane_mode)
-    result["lane_histogram"] = lane_histograms(scene, bench, lane_mode)
+    try:
+        result["lane_histogram"] = lane_histograms(scene, bench, lane_mode)
+    except Exception as err:  # noqa: BLE001 - keep the timings already taken; report why
+        log.exception("lane histogram failed")
+        result["lane_histogram"] = {"error": f"{type(err).__name__}: {err}"}
 
     if args.gsplat == "off" or args.lanes_only:
         result["gsplat"] = {"skipped": "--gsplat off" if args.gsplat == "off" else "--lanes-only"}
@@ -261,6 +265,10 @@ def main(argv: Optional[list] = None) -> int:
     result = run(args)
     _print_summary(result)
     errors = [r["policy"] for r in result["rows"] if r.get("errors")]
+    lane = result.get("lane_histogram", {})
+    if "error" in lane or "cuda_error" in lane or lane.get("agree") is False:
+        errors.append("lane histogram (" + (lane.get("error") or lane.get("cuda_error")
+                                            or "counting kernel and reference disagree") + ")")
     if errors:
         log.error("errors in: %s (see results.json)", ", ".join(errors))
         return 1

@@ -217,3 +217,17 @@ def test_plot_script_redraws_from_results_json(smoke, tmp_path):
     spec.loader.exec_module(module)
     assert module.main([str(out / "results.json"), "--out", str(tmp_path), "--prefix", "cpu_"]) == 0
     assert (tmp_path / "cpu_policies.png").is_file() and (tmp_path / "cpu_lane_histogram.png").is_file()
+
+
+def test_lane_disagreement_is_reported():
+    scene = synthetic_cloud(100, 24, 20, seed=1)
+    pb = PolicyBench(scene, warmup=0, repeats=1, with_probe=False)
+    pb.probe = FakeProbe(scene)
+    good = pb.probe.lane_histogram()
+    bad = good.clone()
+    bad[1] -= 5
+    bad[2] += 5                                             # 5 steps moved to another bin
+    pb.probe.lane_histogram = lambda: bad
+    cuda_scene = types.SimpleNamespace(device=torch.device("cuda"), settings=scene.settings)
+    lane = bench.lane_histograms(cuda_scene, pb, "auto")
+    assert lane["cuda_vs_reference_moved_steps"] == 5 and lane["agree"] is False and lane["exact"] is False
