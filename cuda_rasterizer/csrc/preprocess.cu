@@ -1,21 +1,11 @@
 // Stage 1 and stage 5: per-Gaussian preprocess and its backward.  The bodies live in math.cuh.
 #include "common.cuh"
-#include "math.cuh"
+#include "preprocess_kernels.cuh"
 
 namespace gsr {
 namespace {
 
-constexpr int kThreads = 256;
-
-__global__ void __launch_bounds__(kThreads) preprocess_kernel(Camera cam, PreprocessParams p) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < p.n) preprocess_one(cam, p, i);
-}
-
-__global__ void __launch_bounds__(kThreads) preprocess_backward_kernel(Camera cam, PreprocessBackwardParams p) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < p.n) preprocess_backward_one(cam, p, i);
-}
+constexpr int kThreads = kPreprocessThreads;
 
 }  // namespace
 

@@ -2,67 +2,9 @@
 // shared memory in batches of 256; each thread composites its pixel front to back and keeps the final
 // transmittance and its last contributor (1 + list position) for the backward pass.
 #include "common.cuh"
-#include "math.cuh"
+#include "render_forward_kernel.cuh"
 
 namespace gsr {
-namespace {
-
-__global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, RenderParams p) {
-    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
-    const int t = threadIdx.y * kBlockX + threadIdx.x;
-    const int px = blockIdx.x * kBlockX + threadIdx.x;
-    const int py = blockIdx.y * kBlockY + threadIdx.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
-    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
-    const int n_items = end - start;
-
-    __shared__ float2 s_xy[kBlockSize];
-    __shared__ float4 s_con_o[kBlockSize];
-    __shared__ float s_col[3 * kBlockSize];
-
-    bool done = !inside;  // pixels past the image edge help load shared memory, nothing else
-    float T = 1.f;
-    float C[3] = {0.f, 0.f, 0.f};
-    int contributor = 0, last = 0;
-
-    for (int b = 0; b < n_items; b += kBlockSize) {
-        // also the barrier that keeps the previous batch in shared memory until everyone is done with it
-        if (__syncthreads_count(done) == kBlockSize) break;
-        const int batch_n = min(kBlockSize, n_items - b);
-        if (t < batch_n) {
-            const int g = p.point_list[start + b + t];
-            s_xy[t] = make_float2(p.means2d[2 * g], p.means2d[2 * g + 1]);
-            s_con_o[t] = make_float4(p.conics[3 * g], p.conics[3 * g + 1], p.conics[3 * g + 2], p.opacities[g]);
-            for (int c = 0; c < 3; ++c) s_col[3 * t + c] = p.colors[3 * g + c];
-        }
-        __syncthreads();
-        for (int j = 0; !done && j < batch_n; ++j) {
-            ++contributor;
-            const float4 co = s_con_o[j];
-            const float conic[3] = {co.x, co.y, co.z};
-            float dx, dy, G, alpha;
-            if (!gaussian_alpha(s_xy[j].x, s_xy[j].y, conic, co.w, pxf, pyf, dx, dy, G, alpha)) continue;
-            const float test_T = T * (1.f - alpha);
-            if (test_T < kTMin) {
-                done = true;
-                continue;
-            }
-            for (int c = 0; c < 3; ++c) C[c] += s_col[3 * j + c] * alpha * T;
-            T = test_T;
-            last = contributor;
-        }
-    }
-    if (inside) {
-        const int pix = py * cam.width + px;
-        const int hw = cam.width * cam.height;
-        for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = C[c] + T * cam.bg[c];
-        p.final_T[pix] = T;
-        p.n_contrib[pix] = last;
-    }
-}
-
-}  // namespace
 
 Status launch_render_forward(const Camera& cam, const RenderParams& p, void* stream, bool debug) {
     const dim3 grid(cam.grid_x, cam.grid_y), block(kBlockX, kBlockY);

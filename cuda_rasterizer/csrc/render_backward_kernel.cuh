@@ -1,0 +1,155 @@
+// The backward render kernel, templated on the accumulation policy, and the lane-count kernel (launched by
+// render_backward.cu).  Kept in a header, free of launch syntax, so that tests/csrc can also run them on
+// the CPU under a thread-per-lane emulation of the CUDA execution model.
+#pragma once
+
+#include "atomics.cuh"
+#include "math.cuh"
+
+namespace gsr {
+
+__device__ __forceinline__ int warp_max(int v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
+}
+
+template <int Mode>
+__device__ __forceinline__ Accumulator<Mode> make_accumulator(const GradSinks& sinks, int t, int threshold,
+                                                              float* acc, int* touched) {
+    const int lane = t & 31;
+    if constexpr (Mode == kBaseline) return Accumulator<Mode>{sinks};
+    else if constexpr (Mode == kWarp) return Accumulator<Mode>{sinks, lane};
+    else if constexpr (Mode == kDistwar) return Accumulator<Mode>{sinks, lane, threshold};
+    else if constexpr (Mode == kTile) return Accumulator<Mode>{sinks, lane, threshold, acc, touched};
+    else return Accumulator<Mode>{sinks, t};
+}
+
+template <int Mode>
+__global__ void __launch_bounds__(kBlockSize) render_backward_kernel(Camera cam, RenderParams p, int threshold) {
+    using Acc = Accumulator<Mode>;
+    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
+    const int t = threadIdx.y * kBlockX + threadIdx.x;
+    const int px = blockIdx.x * kBlockX + threadIdx.x;
+    const int py = blockIdx.y * kBlockY + threadIdx.y;
+    const bool inside = px < cam.width && py < cam.height;
+    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
+    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
+
+    __shared__ int s_id[kBlockSize];
+    __shared__ float2 s_xy[kBlockSize];
+    __shared__ float4 s_con_o[kBlockSize];
+    __shared__ float s_col[3 * kBlockSize];
+    __shared__ float s_acc[Acc::kSharedFloats > 0 ? Acc::kSharedFloats : 1];
+    __shared__ int s_touched[Acc::kSharedFloats > 0 ? kBlockSize : 1];
+    __shared__ int s_max_contrib;
+
+    float T_final = 1.f, bg_dot = 0.f;
+    float dpix[3] = {0.f, 0.f, 0.f};
+    int last = 0;
+    if (inside) {
+        const int pix = py * cam.width + px;
+        const int hw = cam.width * cam.height;
+        T_final = p.final_T[pix];
+        last = p.n_contrib[pix];
+        for (int c = 0; c < 3; ++c) {
+            dpix[c] = p.grad_image[c * hw + pix];
+            bg_dot += cam.bg[c] * dpix[c];
+        }
+        if (p.grad_final_T) bg_dot += p.grad_final_T[pix];
+    }
+    if (t == 0) s_max_contrib = 0;
+    __syncthreads();
+    if (last > 0) atomicMax(&s_max_contrib, last);
+    __syncthreads();
+    const int count = min(s_max_contrib, end - start);  // list positions [0, count) are walked
+    const int warp_last = warp_max(last);                // no lane of this warp uses positions >= this
+
+    const GradSinks sinks{p.grad_means2d, p.grad_conics, p.grad_opacities, p.grad_colors, p.dummy};
+    const Acc acc = make_accumulator<Mode>(sinks, t, threshold, s_acc, s_touched);
+    PixelBackState st;
+    pixel_back_init(st, T_final);
+
+    for (int b = 0; b < count; b += kBlockSize) {
+        const int batch_n = min(kBlockSize, count - b);
+        __syncthreads();  // the previous batch is consumed (and flushed) by every thread
+        if (t < batch_n) {
+            const int g = p.point_list[start + count - 1 - b - t];
+            s_id[t] = g;
+            s_xy[t] = make_float2(p.means2d[2 * g], p.means2d[2 * g + 1]);
+            s_con_o[t] = make_float4(p.conics[3 * g], p.conics[3 * g + 1], p.conics[3 * g + 2], p.opacities[g]);
+            for (int c = 0; c < 3; ++c) s_col[3 * t + c] = p.colors[3 * g + c];
+        }
+        if constexpr (Mode == kTile) acc.batch_begin(t);
+        __syncthreads();
+        for (int j = 0; j < batch_n; ++j) {
+            const int pos = count - 1 - b - j;  // position in the tile's list
+            if (pos >= warp_last) continue;     // warp-uniform skip
+            float g[kGradValues];
+#pragma unroll
+            for (int k = 0; k < kGradValues; ++k) g[k] = 0.f;
+            bool contrib = false;
+            if (inside && pos < last) {
+                const float4 co = s_con_o[j];
+                const float conic[3] = {co.x, co.y, co.z};
+                float dx, dy, G, alpha;
+                if (gaussian_alpha(s_xy[j].x, s_xy[j].y, conic, co.w, pxf, pyf, dx, dy, G, alpha)) {
+                    contrib = true;
+                    render_backward_step(st, dpix, bg_dot, T_final, dx, dy, conic, co.w, G, alpha,
+                                         s_col + 3 * j, g);
+                }
+            }
+            acc.add(j, s_id[j], contrib, g);  // all 32 lanes of the warp arrive here together
+        }
+        if constexpr (Mode == kTile) {
+            __syncthreads();
+            acc.batch_end(t, batch_n, s_id);
+        }
+    }
+}
+
+// Profiling: for each warp with an in-image pixel and each Gaussian of the tile's full list, the number
+// of the warp's pixels that composite it (power <= 0, alpha >= 1/255, position < n_contrib).
+__global__ void __launch_bounds__(kBlockSize) lane_histogram_kernel(Camera cam, RenderParams p) {
+    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
+    const int t = threadIdx.y * kBlockX + threadIdx.x;
+    const int px = blockIdx.x * kBlockX + threadIdx.x;
+    const int py = blockIdx.y * kBlockY + threadIdx.y;
+    const bool inside = px < cam.width && py < cam.height;
+    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
+    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
+    const int n_items = end - start;
+
+    __shared__ float2 s_xy[kBlockSize];
+    __shared__ float4 s_con_o[kBlockSize];
+    __shared__ unsigned long long s_hist[33];
+    if (t < 33) s_hist[t] = 0ull;
+    const int last = inside ? p.n_contrib[py * cam.width + px] : 0;
+    const bool warp_counts = __any_sync(kFullMask, inside);
+
+    for (int b = 0; b < n_items; b += kBlockSize) {
+        const int batch_n = min(kBlockSize, n_items - b);
+        __syncthreads();
+        if (t < batch_n) {
+            const int g = p.point_list[start + b + t];
+            s_xy[t] = make_float2(p.means2d[2 * g], p.means2d[2 * g + 1]);
+            s_con_o[t] = make_float4(p.conics[3 * g], p.conics[3 * g + 1], p.conics[3 * g + 2], p.opacities[g]);
+        }
+        __syncthreads();
+        for (int j = 0; j < batch_n; ++j) {
+            bool contrib = false;
+            if (inside && b + j < last) {
+                const float4 co = s_con_o[j];
+                const float conic[3] = {co.x, co.y, co.z};
+                float dx, dy, G, alpha;
+                contrib = gaussian_alpha(s_xy[j].x, s_xy[j].y, conic, co.w, pxf, pyf, dx, dy, G, alpha);
+            }
+            const unsigned mask = __ballot_sync(kFullMask, contrib);
+            if (warp_counts && (t & 31) == 0) atomicAdd(&s_hist[__popc(mask)], 1ull);
+        }
+    }
+    __syncthreads();
+    if (t < 33 && s_hist[t]) atomicAdd(p.histogram + t, s_hist[t]);
+}
+
+}  // namespace gsr
