@@ -86,6 +86,7 @@ class RunConfig:
     atomics: str = DEFAULT_ATOMICS
     balance_threshold: int = DEFAULT_BALANCE_THRESHOLD
     seed: int = 0
+    cpu_threads: int = 0                 # torch intra-op threads for CPU work; 0 = torch's default
     log_interval: int = 10               # tqdm postfix and tensorboard scalars every this many iterations
     num_eval_images: int = 5             # test renders written to tensorboard at each evaluation
     tensorboard: bool = True

@@ -1,0 +1,94 @@
+"""gs-metrics: PSNR and SSIM of rendered views against their ground truth, per view and mean.
+
+    gs-metrics -m runs/tabletop [--split test]
+
+Reads RUN/<split>/ours_N/{renders,gt}/*.png written by gs-render; writes RUN/results.json (mean per method,
+plus the per-view numbers) and RUN/per_view.json (the original's per-view layout), and prints a table.
+LPIPS is not computed: it needs pretrained network weights that this project does not ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .metrics import image_metrics
+
+log = logging.getLogger("gs_trainer")
+EXIT_BAD_INPUT = 2
+
+
+def read_png(path: Path) -> torch.Tensor:
+    import cv2
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: cannot read image")
+    return torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))).float() / 255.0
+
+
+def score_method(method_dir: Path) -> dict:
+    """{"PSNR": mean, "SSIM": mean, "num_views": n, "per_view": {name: {"PSNR", "SSIM"}}}."""
+    renders, gts = method_dir / "renders", method_dir / "gt"
+    names = sorted(p.name for p in renders.glob("*.png"))
+    if not names:
+        raise ValueError(f"{renders}: no rendered images (run gs-render first)")
+    per_view = {}
+    for name in names:
+        if not (gts / name).is_file():
+            raise ValueError(f"{gts / name}: ground truth missing for {renders / name}")
+        render, gt = read_png(renders / name), read_png(gts / name)
+        if render.shape != gt.shape:
+            raise ValueError(f"{renders / name}: size {tuple(render.shape)} differs from its ground truth {tuple(gt.shape)}")
+        per_view[name] = image_metrics(render, gt)
+    mean = {k: float(np.mean([v[k] for v in per_view.values()])) for k in ("PSNR", "SSIM")}
+    return {**mean, "num_views": len(names), "per_view": per_view}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .utils_io import atomic_write_json
+
+    p = argparse.ArgumentParser(prog="gs-metrics", description="PSNR / SSIM of gs-render's output.")
+    p.add_argument("-m", "--model_paths", "--model_path", nargs="+", required=True, help="run folder(s)")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    status = 0
+    for run in map(Path, args.model_paths):
+        split_dir = run / args.split
+        methods = sorted(split_dir.glob("ours_*"), key=lambda d: int(d.name.split("_")[-1])) if split_dir.is_dir() else []
+        if not methods:
+            print(f"gs-metrics: error: {split_dir}: no ours_N folders (run gs-render -m {run} --split {args.split})",
+                  file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        results, per_view = {}, {}
+        try:
+            for method in methods:
+                scored = score_method(method)
+                results[method.name] = scored
+                per_view[method.name] = {k: {n: v[k] for n, v in scored["per_view"].items()} for k in ("PSNR", "SSIM")}
+        except ValueError as err:
+            print(f"gs-metrics: error: {err}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        atomic_write_json(run / "results.json", results)
+        atomic_write_json(run / "per_view.json", per_view)
+        print(f"\n{run} ({args.split} views; LPIPS not computed: it needs network weights this project does not ship)")
+        for name, scored in results.items():
+            print(f"  {name}")
+            print(f"    {'view':<14}{'PSNR':>8}{'SSIM':>8}")
+            for view, m in scored["per_view"].items():
+                print(f"    {view:<14}{m['PSNR']:8.2f}{m['SSIM']:8.4f}")
+            print(f"    {'mean':<14}{scored['PSNR']:8.2f}{scored['SSIM']:8.4f}")
+        print(f"  -> {run / 'results.json'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
