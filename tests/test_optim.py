@@ -1,0 +1,53 @@
+"""Adam set-up, learning-rate schedule and row surgery."""
+
+import math
+
+import torch
+
+from gs_trainer.config import OptimConfig
+from gs_trainer.model import GaussianModel
+from gs_trainer.optim import (append_rows, check_aligned, exponential_lr, keep_rows, learning_rates,
+                              make_optimizer, position_lr_schedule)
+
+REL_TOL = 1e-9   # float64 arithmetic in the schedule
+
+
+def test_position_schedule_log_linear_with_extent():
+    cfg = OptimConfig()
+    f = position_lr_schedule(cfg, spatial_lr_scale=2.0)
+    assert math.isclose(f(0), 1.6e-4 * 2, rel_tol=REL_TOL)
+    assert math.isclose(f(30_000), 1.6e-6 * 2, rel_tol=REL_TOL)
+    assert math.isclose(f(15_000), math.sqrt(1.6e-4 * 1.6e-6) * 2, rel_tol=REL_TOL)
+    assert math.isclose(f(60_000), f(30_000), rel_tol=REL_TOL)   # held after max_steps
+
+
+def test_delay_warms_up():
+    f = exponential_lr(1.0, 1.0, delay_steps=100, delay_mult=0.01, max_steps=1000)
+    assert math.isclose(f(0), 0.01, rel_tol=REL_TOL) and math.isclose(f(100), 1.0, rel_tol=REL_TOL)
+
+
+def test_groups_and_rates():
+    m = GaussianModel.from_points(torch.rand(8, 3), torch.rand(8, 3), sh_degree=3)
+    opt = make_optimizer(m, OptimConfig(), spatial_lr_scale=3.0)
+    rates = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert rates == learning_rates(OptimConfig(), 3.0)
+    assert math.isclose(rates["sh_rest"], 0.0025 / 20) and rates["opacity_logits"] == 0.025
+    assert rates["log_scales"] == 0.005 and rates["quats"] == 0.001 and math.isclose(rates["means"], 4.8e-4)
+    assert opt.defaults["eps"] == 1e-15
+
+
+def test_append_and_keep_rows_follow_state():
+    m = GaussianModel.from_points(torch.rand(5, 3), torch.rand(5, 3), sh_degree=0)
+    opt = make_optimizer(m, OptimConfig(), 1.0)
+    (m.means.square().sum() + m.log_scales.sum()).backward()
+    opt.step()
+    avg = opt.state[m.means]["exp_avg"].clone()
+    append_rows(opt, m, {k: torch.zeros((2,) + v.shape[1:]) for k, v in m.param_dict().items()})
+    check_aligned(opt, m)
+    assert torch.equal(opt.state[m.means]["exp_avg"][:5], avg)
+    keep = torch.tensor([True, False, True, False, True, True, False])
+    keep_rows(opt, m, keep)
+    check_aligned(opt, m)
+    assert torch.equal(opt.state[m.means]["exp_avg"], torch.cat([avg, torch.zeros(2, 3)])[keep])
+    m.means.sum().backward()
+    opt.step()   # still a working optimizer
