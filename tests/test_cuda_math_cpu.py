@@ -34,6 +34,9 @@ GRAD_REL_L2 = 1e-4
 #: Element-wise: |a - b| <= GRAD_ATOL_FRAC * max|b| + GRAD_RTOL * |b| for all but FLIP_FRACTION of elements.
 GRAD_ATOL_FRAC = 1e-3
 GRAD_RTOL = 1e-2
+#: A pixel whose pair flipped at a threshold gains or loses one contribution alpha * T * colour (about
+#: 0.01 * colour at most); such pixels (at most FLIP_FRACTION) may exceed IMAGE_ATOL, up to this.
+FLIP_IMAGE_MAX = 0.05
 
 _ext = None
 
@@ -178,11 +181,14 @@ def test_forward_matches_reference(kind, seed):
     torch.testing.assert_close(fwd["depths"], ref.depths, rtol=1e-6, atol=1e-6)
     flips = (fwd["n_contrib"] != ref.n_contrib).float().mean().item()
     assert flips <= FLIP_FRACTION, f"n_contrib differs on {flips:.2%} of pixels"
-    same = fwd["n_contrib"] == ref.n_contrib
-    torch.testing.assert_close(fwd["final_T"][same], ref.final_T[same], rtol=1e-4, atol=IMAGE_ATOL)
-    img_err = (fwd["image"] - ref.image).abs().amax(0)
-    assert (img_err[same] <= IMAGE_ATOL).all(), f"image error {img_err[same].max():.2e}"
+    assert_image_close(fwd["image"], fwd["final_T"], ref.image, ref.final_T)
     assert ref.n_contrib.max() > 0
+
+
+def assert_image_close(image, final_T, ref_image, ref_final_T):
+    err = torch.maximum((image - ref_image.detach()).abs().amax(0), (final_T - ref_final_T.detach()).abs())
+    assert (err > IMAGE_ATOL).float().mean().item() <= FLIP_FRACTION, f"{int((err > IMAGE_ATOL).sum())} pixels off"
+    assert err.max() <= FLIP_IMAGE_MAX, f"image error {err.max():.2e}"
 
 
 @pytest.mark.parametrize("kind,seed", [("basic", 10), ("degree1", 11), ("awkward", 12), ("overlap", 13)])
@@ -210,9 +216,8 @@ def test_precomputed_colors_and_scale_modifier():
     grad_image = torch.randn(3, 40, 48, generator=torch.Generator().manual_seed(7))
     fwd, got = cpu_pipeline(means, scales, rots, ops, None, colors, settings, grad_image)
     ref, want = reference_run(means, scales, rots, ops, None, colors, settings, grad_image)
-    same = fwd["n_contrib"] == ref.n_contrib
-    assert same.float().mean() >= 1 - FLIP_FRACTION
-    assert ((fwd["image"] - ref.image.detach()).abs().amax(0)[same] <= IMAGE_ATOL).all()
+    assert (fwd["n_contrib"] != ref.n_contrib).float().mean() <= FLIP_FRACTION
+    assert_image_close(fwd["image"], fwd["final_T"], ref.image, ref.final_T)
     for name in want:
         assert_close_grad(name, got[name], want[name])
 

@@ -20,6 +20,10 @@ pytestmark = pytest.mark.cuda
 #: expf, against the reference's vectorised CPU float32 (cumprod in double); errors of a few 1e-6 seen on the
 #: CPU emulation, and FMA reorders roundings.
 IMAGE_ATOL = 1e-4
+#: A pair at the 1/255 cut or at the T < 1e-4 stop can flip between the two float32 evaluations (FMA, expf):
+#: the pixel then gains or loses one contribution alpha * T * colour, at most about 0.01 * colour for these
+#: scenes' colours (< 3).  Such pixels (at most FLIP_FRACTION of them) may exceed IMAGE_ATOL, up to this.
+FLIP_IMAGE_MAX = 0.05
 #: Whole-tensor relative L2 error of a gradient against autograd of the reference (CPU emulation of the same
 #: math: <= 1e-5; the GPU adds FMA contraction and atomics order).  A wrong term gives errors of order 1.
 GRAD_REL_L2 = 1e-3
@@ -141,8 +145,9 @@ def test_forward_matches_reference(name):
     n_contrib = out.n_contrib.cpu()
     same = n_contrib == ref.n_contrib
     assert 1 - same.float().mean().item() <= FLIP_FRACTION, f"n_contrib differs on {(~same).sum()} pixels"
-    assert (out.final_T.cpu()[same] - ref.final_T[same]).abs().max() <= IMAGE_ATOL
-    assert (out.image.cpu() - ref.image).abs().amax(0)[same].max() <= IMAGE_ATOL
+    err = torch.maximum((out.image.cpu() - ref.image).abs().amax(0), (out.final_T.cpu() - ref.final_T).abs())
+    assert (err > IMAGE_ATOL).float().mean().item() <= FLIP_FRACTION, f"{int((err > IMAGE_ATOL).sum())} pixels off"
+    assert err.max() <= FLIP_IMAGE_MAX, f"image error {err.max():.2e}"
     assert ref.n_contrib.max() > 0 and (radii == 0).any() and (radii > 0).any()
 
 
