@@ -77,8 +77,8 @@ class DensifyStrategy:
         if grad is None:
             raise RuntimeError("densify: means2d has no gradient; call pre_backward(out) before backward()")
         visible = (out.radii > 0).to(self.grad_accum.dtype)
-        ndc = grad * torch.tensor([width * 0.5, height * 0.5], device=grad.device, dtype=grad.dtype)
-        self.grad_accum += ndc.norm(dim=-1) * visible
+        ndc_norm = torch.hypot(grad[:, 0] * (width * 0.5), grad[:, 1] * (height * 0.5))
+        self.grad_accum += ndc_norm * visible
         self.denom += visible
         self.max_radii = torch.maximum(self.max_radii, out.radii.to(self.max_radii.dtype))
 

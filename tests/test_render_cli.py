@@ -79,3 +79,18 @@ def test_orbit_path_is_closed_and_looks_at_the_scene(run):
     median = np.median(pts, axis=0)
     for cam in path:                                            # the scene's centre is in front of each camera
         assert (np.asarray(cam.R) @ median + np.asarray(cam.t))[2] > 0
+
+
+def test_cli_resume_from_checkpoint_matches(run, tmp_path):
+    """--start_checkpoint through the CLI: 20 iterations resumed from iteration 10 equal the straight run."""
+    import torch
+    from gs_trainer.model import GaussianModel
+    args = ["-s", str(SCENE), "--eval", "-r", "8", "--iterations", "20", "--test_iterations", "--save_iterations",
+            "--cpu_threads", "1", "--quiet", "--no-tensorboard"]
+    assert train_main(args + ["-m", str(tmp_path / "a"), "--checkpoint_iterations", "10"]) == 0
+    assert train_main(args + ["-m", str(tmp_path / "b"), "--start_checkpoint", str(tmp_path / "a" / "chkpnt10.pth")]) == 0
+    a = GaussianModel.load_ply(tmp_path / "a" / "point_cloud" / "iteration_20" / "point_cloud.ply")
+    b = GaussianModel.load_ply(tmp_path / "b" / "point_cloud" / "iteration_20" / "point_cloud.ply")
+    for name, p in a.param_dict().items():
+        assert torch.equal(p, getattr(b, name)), name
+    assert train_main(args + ["-m", str(tmp_path / "c"), "--start_checkpoint", str(tmp_path / "missing.pth")]) == 2
