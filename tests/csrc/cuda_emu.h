@@ -50,7 +50,7 @@ inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
 
 namespace emu {
 
-constexpr auto kTimeout = std::chrono::seconds(60);
+constexpr auto kTimeout = std::chrono::seconds(300);  // generous: CI machines are shared and loaded
 
 inline std::atomic<bool>& broken() {
     static std::atomic<bool> b{false};
