@@ -152,7 +152,7 @@ class PolicyBench:
         except ImportError as err:
             return {"train_note": f"training pieces unavailable ({err}): iteration not timed"}
         model = self.scene.model()
-        optimizer = make_optimizer(model, OptimConfig(), SYNTH_SPATIAL_LR_SCALE)
+        optimizer = make_optimizer(model, OptimConfig(), self.scene.source.get("scene_extent", SYNTH_SPATIAL_LR_SCALE))
         bg = background(self.device)
         atomics = policy.atomics if policy.atomics != "reference" else "distwar"
 
@@ -168,7 +168,6 @@ class PolicyBench:
         reset_peak_memory(self.device)
         timing = time_op(step, self.device, warmup=self.warmup, repeats=self.train_repeats)
         peak = peak_memory_mib(self.device)
-        del model, optimizer
         return {"train_iter": timing, "peak_mem_train_mib": peak}
 
     def measure(self, policy: Policy, *, kernel_only: bool = False) -> dict:

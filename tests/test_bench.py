@@ -231,3 +231,12 @@ def test_lane_disagreement_is_reported():
     cuda_scene = types.SimpleNamespace(device=torch.device("cuda"), settings=scene.settings)
     lane = bench.lane_histograms(cuda_scene, pb, "auto")
     assert lane["cuda_vs_reference_moved_steps"] == 5 and lane["agree"] is False and lane["exact"] is False
+
+
+def test_module_entry_point_answers_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+    done = subprocess.run([sys.executable, "-m", "gs_trainer.bench", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "--lanes-only" in done.stdout and "--quick" in done.stdout
