@@ -73,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "the reference alone")
     run.add_argument("--lanes-only", action="store_true",
                      help="only the lane histogram(s): no timings, no gsplat (the exact CPU profile of a large input)")
-    run.add_argument("--gsplat", choices=("auto", "off"), default="auto", help="compare with gsplat if importable")
+    run.add_argument("--gsplat", choices=("auto", "on", "off"), default="auto",
+                     help="compare with gsplat where it imports: auto = yes, except under --quick (gsplat "
+                          "compiles its CUDA code on first use, minutes); on = also under --quick")
     run.add_argument("--no-plots", action="store_true")
     run.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
     run.add_argument("-q", "--quiet", action="store_true")
@@ -199,8 +201,10 @@ def run(args) -> dict:
         log.exception("lane histogram failed")
         result["lane_histogram"] = {"error": f"{type(err).__name__}: {err}"}
 
-    if args.gsplat == "off" or args.lanes_only:
-        result["gsplat"] = {"skipped": "--gsplat off" if args.gsplat == "off" else "--lanes-only"}
+    gsplat_off = args.gsplat == "off" or (args.gsplat == "auto" and args.quick)
+    if gsplat_off or args.lanes_only:
+        result["gsplat"] = {"skipped": "--lanes-only" if args.lanes_only else
+                            f"--gsplat {args.gsplat}" + (" with --quick" if args.quick else "")}
     else:
         from .bench_gsplat import compare_with_gsplat
         log.info("gsplat comparison")
