@@ -15,6 +15,15 @@ SCENE = ROOT / "data" / "tabletop"
 NUM_TEST_VIEWS = 5    # data/tabletop has 36 views; --eval holds out every 8th
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    """The CLI sets torch's thread count (--cpu_threads 1); give other test modules theirs back."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     if not SCENE.is_dir():

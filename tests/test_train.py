@@ -33,10 +33,12 @@ class RecordingFolder(RunFolder):
 
 @pytest.fixture(scope="module")
 def scene():
+    threads = torch.get_num_threads()
     run = TrainConfig().run
     run.cpu_threads = 1          # the reference's small ops run faster on one thread of a busy 2-core box
     configure_torch(run)
-    return make_synthetic_scene(num_gaussians=150, num_views=12, width=48, height=36, seed=3)
+    yield make_synthetic_scene(num_gaussians=150, num_views=12, width=48, height=36, seed=3)
+    torch.set_num_threads(threads)
 
 
 def small_config(iterations=150, **run):
