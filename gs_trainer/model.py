@@ -20,7 +20,6 @@ parameter set through ``set_params``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch

@@ -122,7 +122,3 @@ def check_aligned(optimizer: torch.optim.Optimizer, model: GaussianModel) -> Non
             s = optimizer.state.get(p, {}).get(key)
             assert s is None or s.shape == p.shape, f"{group['name']}.{key}: {list(s.shape)} vs {list(p.shape)}"
 
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` for a state saved with the same parameter shapes (checkpoints)."""
-    optimizer.load_state_dict(state)
