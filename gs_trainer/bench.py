@@ -68,9 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--warmup", type=int)
     run.add_argument("--repeats", type=int)
     run.add_argument("--train-repeats", type=int, help="repeats of the training iteration (default --repeats)")
-    run.add_argument("--lane-histogram", choices=("auto", "on", "off"), default="auto",
-                     help="auto: the counting kernel on CUDA plus the reference (on the same device); on the CPU "
-                          "the reference alone")
+    run.add_argument("--lane-histogram", choices=("on", "off"), default="on",
+                     help="on (default): the reference's exact histogram (on the run's device) and, on CUDA, the "
+                          "counting kernel's, with whether they agree")
     run.add_argument("--lanes-only", action="store_true",
                      help="only the lane histogram(s): no timings, no gsplat (the exact CPU profile of a large input)")
     run.add_argument("--gsplat", choices=("auto", "on", "off"), default="auto",
