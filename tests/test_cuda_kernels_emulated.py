@@ -132,3 +132,15 @@ def test_kernels_empty_scene():
     emu = emu_ext()
     pre, bins, fwd = run_forward(emu, *scene[:5], cam_args(scene[5]))
     assert bins[0].numel() == 0 and (fwd[2] == 0).all() and (fwd[1] == 1).all()
+
+
+def test_pair_count_past_int32_is_an_error_not_a_wrap():
+    """The scan of tiles_touched runs in int64 (binning.cu; the emulation mirrors it): three Gaussians of
+    2^30 tiles each total 3 * 2^30 pairs, which an int32 running sum would wrap to a negative offset (and
+    duplicate_kernel would write there); instead the total is refused with a message naming the cause."""
+    scene = prepared(3, 20, 17, seed=0, sh_degree=0)
+    cam = cam_args(scene[5])
+    tiles = torch.full((3,), 2**30, dtype=torch.int32)
+    zeros2, zeros1 = torch.zeros(3, 2), torch.zeros(3)
+    with pytest.raises(RuntimeError, match=r"3221225472 \(Gaussian, tile\) pairs.*INT_MAX"):
+        emu_ext().bin_gaussians(zeros2, zeros1, torch.zeros(3, dtype=torch.int32), tiles, *cam)

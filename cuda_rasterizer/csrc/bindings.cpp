@@ -5,6 +5,7 @@
 
 #include <c10/core/DeviceGuard.h>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -140,16 +141,22 @@ std::vector<Tensor> bin_gaussians(const Tensor& means2d, const Tensor& depths, c
     Tensor ranges = torch::empty({num_tiles, 2}, opt_i);
     void* s = as_stream(stream);
 
-    int num_rendered = 0;
-    Tensor offsets = torch::empty({n}, opt_i);
+    // The scan accumulates in int64, so the total is exact; the sort and the tile ranges index with int.
+    int64_t total = 0;
+    Tensor offsets = torch::empty({n}, means2d.options().dtype(torch::kInt64));
+    int64_t* offsets_ptr = offsets.data_ptr<int64_t>();
     if (n > 0) {
         const size_t scan_bytes = gsr::scan_temp_bytes(static_cast<int>(n));
         Tensor scan_temp = torch::empty({static_cast<int64_t>(scan_bytes) + 1}, opt_b);
-        check_status(gsr::launch_scan(tiles_touched.data_ptr<int>(), offsets.data_ptr<int>(), static_cast<int>(n),
+        check_status(gsr::launch_scan(tiles_touched.data_ptr<int>(), offsets_ptr, static_cast<int>(n),
                                       scan_temp.data_ptr(), scan_bytes, s, debug));
-        check_status(gsr::read_int_sync(offsets.data_ptr<int>() + (n - 1), &num_rendered, s));
+        check_status(gsr::read_int64_sync(offsets_ptr + (n - 1), &total, s));
     }
-    TORCH_CHECK(num_rendered >= 0, "cuda_rasterizer: (Gaussian, tile) pair count overflowed int32");
+    TORCH_CHECK(total >= 0 && total <= std::numeric_limits<int>::max(),
+                "cuda_rasterizer: the Gaussians touch ", total, " (Gaussian, tile) pairs in total, more than ",
+                std::numeric_limits<int>::max(), " (INT_MAX): the radix sort and the tile ranges index them with "
+                "int32. Render fewer or smaller Gaussians (scale_modifier), or a smaller image, per call");
+    const int num_rendered = static_cast<int>(total);
     const int end_bit = gsr::sort_end_bit(static_cast<int>(num_tiles));
     const int64_t m = num_rendered;
     Tensor keys = torch::empty({2 * m}, means2d.options().dtype(torch::kInt64));
@@ -163,7 +170,7 @@ std::vector<Tensor> bin_gaussians(const Tensor& means2d, const Tensor& depths, c
     b.depths = depths.data_ptr<float>();
     b.radii = radii.data_ptr<int>();
     b.tiles_touched = tiles_touched.data_ptr<int>();
-    b.offsets = offsets.data_ptr<int>();
+    b.offsets = offsets_ptr;
     b.num_rendered = num_rendered;
     auto* key_base = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
     b.keys = key_base;

@@ -1,6 +1,7 @@
 // Stage 2: prefix sum of tiles touched, duplication with 64-bit (tile, depth) keys, a radix sort over
 // the bits the tile count needs, and per-tile ranges of the sorted list.
 #include <cub/cub.cuh>
+#include <thrust/iterator/transform_iterator.h>
 
 #include "binning_kernels.cuh"
 #include "common.cuh"
@@ -10,27 +11,36 @@ namespace {
 
 constexpr int kThreads = kBinningThreads;
 
+// The scan reads tiles_touched widened to int64, so that cub accumulates (and writes) int64: an int
+// accumulator would wrap at 2^31 pairs, long before the total could be checked.
+struct ToI64 {
+    __host__ __device__ int64_t operator()(int v) const { return static_cast<int64_t>(v); }
+};
+using WideTiles = thrust::transform_iterator<ToI64, const int*, int64_t>;
+
 }  // namespace
 
 size_t scan_temp_bytes(int n) {
     size_t bytes = 0;
-    cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const int*>(nullptr), static_cast<int*>(nullptr), n);
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, WideTiles(static_cast<const int*>(nullptr), ToI64{}),
+                                  static_cast<int64_t*>(nullptr), n);
     return bytes;
 }
 
-Status launch_scan(const int* tiles_touched, int* offsets, int n, void* temp, size_t temp_bytes, void* stream,
-                   bool debug) {
+Status launch_scan(const int* tiles_touched, int64_t* offsets, int n, void* temp, size_t temp_bytes,
+                   void* stream, bool debug) {
     if (n == 0) return ok_status();
-    cudaError_t err = cub::DeviceScan::InclusiveSum(temp, temp_bytes, tiles_touched, offsets, n, as_stream(stream));
+    cudaError_t err = cub::DeviceScan::InclusiveSum(temp, temp_bytes, WideTiles(tiles_touched, ToI64{}), offsets, n,
+                                                    as_stream(stream));
     if (err != cudaSuccess) return Status{static_cast<int>(err), "cub::DeviceScan::InclusiveSum"};
     return check_launch("cub::DeviceScan::InclusiveSum", stream, debug);
 }
 
-Status read_int_sync(const int* device_value, int* host_value, void* stream) {
-    cudaError_t err = cudaMemcpyAsync(host_value, device_value, sizeof(int), cudaMemcpyDeviceToHost,
+Status read_int64_sync(const int64_t* device_value, int64_t* host_value, void* stream) {
+    cudaError_t err = cudaMemcpyAsync(host_value, device_value, sizeof(int64_t), cudaMemcpyDeviceToHost,
                                       as_stream(stream));
     if (err == cudaSuccess) err = cudaStreamSynchronize(as_stream(stream));
-    return Status{static_cast<int>(err), "read_int_sync (cudaMemcpyAsync)"};
+    return Status{static_cast<int>(err), "read_int64_sync (cudaMemcpyAsync)"};
 }
 
 int sort_end_bit(int num_tiles) {

@@ -16,8 +16,8 @@ constexpr int kBinningThreads = 256;
 __global__ void __launch_bounds__(kBinningThreads) duplicate_kernel(Camera cam, BinningParams b) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= b.n || b.tiles_touched[i] == 0) return;
-    int off = i == 0 ? 0 : b.offsets[i - 1];
-    const int end = b.offsets[i];
+    int64_t off = i == 0 ? 0 : b.offsets[i - 1];
+    const int64_t end = b.offsets[i];
     int rect[4];
     tile_rect(cam, b.means2d[2 * i], b.means2d[2 * i + 1], static_cast<float>(b.radii[i]), rect);
     const uint64_t depth = float_bits(b.depths[i]);

@@ -19,15 +19,18 @@ const char* error_string(int code);
 // Stage 1: per-Gaussian preprocess.
 Status launch_preprocess(const Camera& cam, const PreprocessParams& p, void* stream, bool debug);
 
-// Stage 2: binning.  inclusive_sum(tiles_touched) -> offsets; the last offset (read with
-// read_int_sync, which synchronises the stream) is the number of (Gaussian, tile) pairs.
+// Stage 2: binning.  inclusive_sum(tiles_touched) -> offsets, accumulated and stored in int64 (an int32
+// running sum would wrap silently); the last offset (read with read_int64_sync, which synchronises the
+// stream) is the number of (Gaussian, tile) pairs, which the caller must check against INT_MAX (the sort
+// and the tile ranges index with int).
 size_t scan_temp_bytes(int n);
-Status launch_scan(const int* tiles_touched, int* offsets, int n, void* temp, size_t temp_bytes,
+Status launch_scan(const int* tiles_touched, int64_t* offsets, int n, void* temp, size_t temp_bytes,
                    void* stream, bool debug);
-Status read_int_sync(const int* device_value, int* host_value, void* stream);
+Status read_int64_sync(const int64_t* device_value, int64_t* host_value, void* stream);
 int sort_end_bit(int num_tiles);  // 32 depth bits + the bits the tile count needs
 size_t sort_temp_bytes(int num_rendered, int end_bit);
-// duplicate -> sort (keys, values) -> tile ranges; keys/values need num_rendered entries each, twice.
+// duplicate -> sort (keys, values) -> tile ranges; b.keys, b.values, keys_sorted and values_sorted hold
+// num_rendered entries each.
 Status launch_binning(const Camera& cam, BinningParams b, uint64_t* keys_sorted, int* values_sorted,
                       void* temp, size_t temp_bytes, void* stream, bool debug);
 

@@ -76,8 +76,8 @@ struct BinningParams {
     const float* depths;
     const int* radii;
     const int* tiles_touched;
-    const int* offsets;           // inclusive prefix sum of tiles_touched
-    int num_rendered;
+    const int64_t* offsets;       // inclusive prefix sum of tiles_touched, in int64 (no wrap)
+    int num_rendered;             // offsets[n - 1], checked <= INT_MAX by the caller
     uint64_t* keys;               // [num_rendered] (tile << 32) | depth bits
     int* values;                  // [num_rendered] Gaussian index
     const uint64_t* sorted_keys;

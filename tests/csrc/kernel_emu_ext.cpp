@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <vector>
@@ -80,14 +81,19 @@ std::vector<Tensor> bin_gaussians(Tensor means2d, Tensor depths, Tensor radii, T
     Cam c = make_cam(view, campos, bg, f, i);
     const int64_t n = means2d.size(0);
     const int num_tiles = c.cam.grid_x * c.cam.grid_y;
-    Tensor offsets = torch::cumsum(tiles, 0).to(torch::kInt32).contiguous();  // cub::DeviceScan::InclusiveSum
-    const int m = n > 0 ? offsets[n - 1].item<int>() : 0;
+    // cub::DeviceScan::InclusiveSum over tiles widened to int64, as binning.cu; the same INT_MAX check as
+    // bindings.cpp
+    Tensor offsets = torch::cumsum(tiles, 0, torch::kInt64).contiguous();
+    const int64_t total = n > 0 ? offsets[n - 1].item<int64_t>() : 0;
+    TORCH_CHECK(total >= 0 && total <= std::numeric_limits<int>::max(), "cuda_rasterizer: the Gaussians touch ",
+                total, " (Gaussian, tile) pairs in total, more than INT_MAX");
+    const int m = static_cast<int>(total);
     Tensor keys = torch::full({m}, -1, torch::kInt64), values = torch::full({m}, -1, torch::kInt32);
     Tensor ranges = torch::zeros({num_tiles, 2}, torch::kInt32);
     gsr::BinningParams b{};
     b.n = static_cast<int>(n);
     b.means2d = fp(means2d); b.depths = fp(depths); b.radii = radii.data_ptr<int>();
-    b.tiles_touched = tiles.data_ptr<int>(); b.offsets = offsets.data_ptr<int>(); b.num_rendered = m;
+    b.tiles_touched = tiles.data_ptr<int>(); b.offsets = offsets.data_ptr<int64_t>(); b.num_rendered = m;
     b.keys = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()); b.values = values.data_ptr<int>();
     b.ranges = ranges.data_ptr<int>();
     if (m == 0) return {values, ranges};
