@@ -14,7 +14,9 @@ a CPU build of torch (CI compiles and imports the extension there) and with a CU
 
 Environment:
     CUDA_HOME / CUDA_PATH           the toolkit (else found through ``nvcc`` on PATH, wrappers followed)
-    TORCH_CUDA_ARCH_LIST            e.g. "8.0;9.0" or "9.0+PTX" (else the GPU present, else 8.0 and 9.0)
+    TORCH_CUDA_ARCH_LIST            e.g. "8.0;9.0" or "9.0+PTX" (else the GPU present, else 8.0 and 9.0);
+                                    the highest one always gets PTX too (forward compatibility), and
+                                    load_extension refuses a GPU that neither machine code nor PTX covers
     CUDA_RASTERIZER_BUILD_DIR       build folder (else $TORCH_EXTENSIONS_DIR/cuda_rasterizer, else
                                     ~/.cache/cuda_rasterizer)
     CUDA_RASTERIZER_NVCC_FLAGS      extra nvcc flags (e.g. "-lineinfo")
@@ -128,14 +130,66 @@ def cuda_archs() -> list[str]:
     return archs
 
 
+def _parse_arch(arch: str) -> tuple[int, int, bool]:
+    """"9.0a+PTX" -> (9, 0, True): major, minor, arch-specific ("a": runs on exactly that capability)."""
+    base = arch.replace("+PTX", "")
+    specific = base.endswith("a")
+    major, minor = base.rstrip("a").split(".")
+    return int(major), int(minor), specific
+
+
+def ptx_archs(archs: list[str]) -> list[str]:
+    """The architectures whose PTX is embedded: those marked +PTX, and always the highest one, so that a
+    GPU newer than every sm target still runs the kernels (the driver JIT-compiles the PTX)."""
+    highest = max(archs, key=lambda a: _parse_arch(a)[:2])
+    return [a for a in archs if a.endswith("+PTX") or a == highest]
+
+
 def _gencode_flags(archs: list[str]) -> list[str]:
+    with_ptx = set(ptx_archs(archs)) if archs else set()
     flags = []
     for a in archs:
         num = a.replace("+PTX", "").replace(".", "")
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if a.endswith("+PTX"):
+        if a in with_ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
+
+
+def arch_covers(archs: list[str], capability: tuple[int, int]) -> bool:
+    """Whether a build for ``archs`` runs on a GPU of compute capability ``capability``: machine code for
+    sm_XY runs on X.Y' with Y' >= Y (same major); PTX for compute_XY is JIT-compiled for any capability
+    >= X.Y; the arch-specific "a" targets only on exactly X.Y."""
+    cap = tuple(capability)
+    with_ptx = set(ptx_archs(archs)) if archs else set()
+    for a in archs:
+        major, minor, specific = _parse_arch(a)
+        if specific:
+            if cap == (major, minor):
+                return True
+            continue
+        if cap[0] == major and cap[1] >= minor:
+            return True
+        if a in with_ptx and cap >= (major, minor):
+            return True
+    return False
+
+
+def _check_device_covered(archs: list[str]) -> None:
+    """Raise CudaBackendUnavailable when the current GPU can run neither the machine code nor the PTX."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return
+        capability = tuple(torch.cuda.get_device_capability())
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime: nothing to check (the CPU build and import)
+        return
+    if not arch_covers(archs, capability):
+        cap = f"{capability[0]}.{capability[1]}"
+        raise CudaBackendUnavailable(
+            f"the rasterizer's CUDA extension was built for {';'.join(archs)} (machine code) with PTX for "
+            f"{';'.join(ptx_archs(archs))}, which cannot run on this GPU (compute capability {cap}). "
+            f"Set TORCH_CUDA_ARCH_LIST to include {cap} (e.g. TORCH_CUDA_ARCH_LIST=\"{cap}\") and rebuild.")
 
 
 def _build_root() -> Path:
@@ -206,15 +260,18 @@ def build_kernels(cuda_home: str, archs: list[str], build_dir: Path, verbose: bo
 
 
 def _build_and_load(verbose: bool):
+    archs = cuda_archs()
+    _check_device_covered(archs)
     cuda_home = find_cuda_home()
     cudart = _cudart_dir(cuda_home)
-    archs = cuda_archs()
     try:
         import torch
         import torch.utils.cpp_extension as cpp_ext
     except ImportError as err:  # pragma: no cover - torch is a dependency
         raise CudaBackendUnavailable(f"torch is needed to build the extension: {err}") from err
-    key = hashlib.sha256(repr((cuda_home, archs, NVCC_FLAGS, torch.__version__, sys.version_info[:2],
+    # every nvcc flag (the fixed ones, the -gencode list, the user's) is part of the key
+    key = hashlib.sha256(repr((cuda_home, archs, _gencode_flags(archs), NVCC_FLAGS, torch.__version__,
+                               sys.version_info[:2],
                                os.environ.get("CUDA_RASTERIZER_NVCC_FLAGS", ""))).encode()).hexdigest()[:12]
     root = _build_root()
     kernel_dir = root / f"kernels-{key}"
@@ -243,8 +300,9 @@ def _build_and_load(verbose: bool):
 def load_extension(verbose: bool = False):
     """The compiled extension module, built on the first call (then cached in this process).
 
-    Raises CudaBackendUnavailable with the reason: no toolkit, a compile error (with the compiler output's
-    tail), a link or load error.
+    Raises CudaBackendUnavailable with the reason: no toolkit, a GPU that the architecture list covers
+    neither with machine code nor with PTX, a compile error (with the compiler output's tail), a link or
+    load error.
     """
     global _module
     with _lock:

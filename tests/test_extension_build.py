@@ -1,7 +1,7 @@
 """The CUDA extension compiles (nvcc for the kernels, g++ for the torch glue) and imports, GPU or not.
 
 This runs on the CPU CI machine: a kernel that does not compile fails here even without a GPU.  The
-default architectures (no GPU, no TORCH_CUDA_ARCH_LIST) are sm_80 and sm_90.
+default architectures (no GPU, no TORCH_CUDA_ARCH_LIST) are sm_80 and sm_90, plus compute_90 PTX.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def test_extension_compiles_and_imports():
         for arch in _backend.cuda_archs():
             num = arch.replace("+PTX", "").replace(".", "")
             assert f"sm_{num}" in listing, f"no sm_{num} code in {lib}:\n{listing}"
+        # and the highest one its PTX (forward compatibility with newer GPUs)
+        ptx = subprocess.run([str(cuobjdump), "--list-ptx", str(lib)], capture_output=True, text=True).stdout
+        for arch in _backend.ptx_archs(_backend.cuda_archs()):
+            num = arch.replace("+PTX", "").replace(".", "")
+            assert f"sm_{num}" in ptx or f"compute_{num}" in ptx, f"no PTX for {arch} in {lib}:\n{ptx}"
 
 
 def test_find_cuda_home_follows_a_wrapper_script(tmp_path, monkeypatch):
@@ -76,6 +81,37 @@ def test_arch_list_from_environment(monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "sm_90")
     with pytest.raises(CudaBackendUnavailable, match="TORCH_CUDA_ARCH_LIST"):
         _backend.cuda_archs()
+
+
+def test_highest_arch_always_embeds_ptx():
+    assert _backend._gencode_flags(["8.0", "9.0"]) == ["-gencode=arch=compute_80,code=sm_80",
+                                                       "-gencode=arch=compute_90,code=sm_90",
+                                                       "-gencode=arch=compute_90,code=compute_90"]
+    # the highest by number, not by position; an explicit +PTX keeps its own PTX
+    assert _backend.ptx_archs(["9.0", "8.6+PTX", "8.0"]) == ["9.0", "8.6+PTX"]
+    for archs in (list(_backend.DEFAULT_ARCHS), ["9.0+PTX"]):
+        flags = _backend._gencode_flags(archs)
+        assert len(flags) == len(set(flags)), "a -gencode flag is repeated"
+
+
+def test_arch_coverage_of_a_device():
+    covers = _backend.arch_covers
+    assert covers(["8.0", "9.0"], (8, 0)) and covers(["8.0", "9.0"], (8, 6))      # sm_80 binary: 8.x, x >= 0
+    assert covers(["8.0", "9.0"], (9, 0)) and covers(["8.0", "9.0"], (12, 0))     # 12.0: compute_90 PTX
+    assert not covers(["8.0", "9.0"], (7, 5))                                      # older than every target
+    assert covers(["8.6"], (8, 9)) and not covers(["8.6"], (8, 0))
+    assert not covers(["9.0a"], (10, 0)) and covers(["9.0a"], (9, 0))              # "a": exactly 9.0
+    assert covers(["8.0+PTX", "9.0a"], (8, 9)) and covers(["8.0+PTX", "9.0a"], (10, 0))
+
+
+def test_uncovered_gpu_gives_a_clear_error(monkeypatch):
+    import torch
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(_backend, "_module", None)
+    with pytest.raises(CudaBackendUnavailable, match=r"compute capability 7\.0.*TORCH_CUDA_ARCH_LIST"):
+        load_extension()
 
 
 def test_import_needs_no_compiler():
