@@ -324,13 +324,17 @@ GSR_HD void view_dir_vjp(const float dir[3], float norm, const float g_dir[3], f
 }
 
 // rgb = max(sum_k b_k sh_k + 0.5, 0); clamped[c] says the clamp was active (no gradient).
+// The loops over the 16 basis functions are unrolled with a guard on K (a run-time value), so that b and
+// db are indexed by constants and stay in registers (a run-time bound would put them in local memory).
 GSR_HD void sh_to_color(int degree, const float* sh, const float dir[3], float rgb[3], uint8_t clamped[3]) {
     float b[16];
     sh_basis(degree, dir, b, nullptr);
     const int K = sh_count(degree);
     for (int c = 0; c < 3; ++c) {
         float v = 0.f;
-        for (int k = 0; k < K; ++k) v += b[k] * sh[3 * k + c];
+#pragma unroll
+        for (int k = 0; k < 16; ++k)
+            if (k < K) v += b[k] * sh[3 * k + c];
         v += 0.5f;
         clamped[c] = v < 0.f;
         rgb[c] = v < 0.f ? 0.f : v;
@@ -344,15 +348,19 @@ GSR_HD void sh_to_color_vjp(int degree, int sh_coeffs, const float* sh, const fl
     sh_basis(degree, dir, b, db);
     const float g[3] = {clamped[0] ? 0.f : g_rgb_in[0], clamped[1] ? 0.f : g_rgb_in[1],
                         clamped[2] ? 0.f : g_rgb_in[2]};
-    const int K = sh_count(degree);
+    const int K = sh_count(degree) < sh_coeffs ? sh_count(degree) : sh_coeffs;
     g_dir[0] = g_dir[1] = g_dir[2] = 0.f;
-    for (int k = 0; k < sh_coeffs; ++k) {
-        for (int c = 0; c < 3; ++c) g_sh[3 * k + c] = k < K ? b[k] * g[c] : 0.f;
-        if (k < K && k > 0) {
-            const float sg = sh[3 * k] * g[0] + sh[3 * k + 1] * g[1] + sh[3 * k + 2] * g[2];
-            for (int a = 0; a < 3; ++a) g_dir[a] += sg * db[k][a];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+        if (k < K) {
+            for (int c = 0; c < 3; ++c) g_sh[3 * k + c] = b[k] * g[c];
+            if (k > 0) {
+                const float sg = sh[3 * k] * g[0] + sh[3 * k + 1] * g[1] + sh[3 * k + 2] * g[2];
+                for (int a = 0; a < 3; ++a) g_dir[a] += sg * db[k][a];
+            }
         }
     }
+    for (int k = 3 * K; k < 3 * sh_coeffs; ++k) g_sh[k] = 0.f;  // coefficients past the degree's
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -389,7 +397,7 @@ GSR_HD void preprocess_one(const Camera& cam, const PreprocessParams& p, int i) 
         if (visible) {
             float dir[3];
             view_dir(mean, cam.campos, dir);
-            sh_to_color(cam.sh_degree, p.shs + 3 * p.sh_coeffs * i, dir, rgb, clamped);
+            sh_to_color(cam.sh_degree, p.shs + 3ll * p.sh_coeffs * i, dir, rgb, clamped);
         }
         for (int c = 0; c < 3; ++c) {
             p.colors[3 * i + c] = rgb[c];
@@ -421,11 +429,11 @@ GSR_HD void preprocess_backward_one(const Camera& cam, const PreprocessBackwardP
         compute_cov3d_vjp(s, cam.scale_modifier, q, g_cov3d, g_s, g_q);
     }
     if (p.grad_shs) {
-        float* g_sh = p.grad_shs + 3 * p.sh_coeffs * i;
+        float* g_sh = p.grad_shs + 3ll * p.sh_coeffs * i;
         if (visible && p.grad_colors) {
             float dir[3], g_dir[3];
             const float norm = view_dir(mean, cam.campos, dir);
-            sh_to_color_vjp(cam.sh_degree, p.sh_coeffs, p.shs + 3 * p.sh_coeffs * i, dir, p.clamped + 3 * i,
+            sh_to_color_vjp(cam.sh_degree, p.sh_coeffs, p.shs + 3ll * p.sh_coeffs * i, dir, p.clamped + 3 * i,
                             p.grad_colors + 3 * i, g_sh, g_dir);
             if (cam.sh_degree > 0) view_dir_vjp(dir, norm, g_dir, g_mean);
         } else {
