@@ -144,3 +144,22 @@ def test_pair_count_past_int32_is_an_error_not_a_wrap():
     zeros2, zeros1 = torch.zeros(3, 2), torch.zeros(3)
     with pytest.raises(RuntimeError, match=r"3221225472 \(Gaussian, tile\) pairs.*INT_MAX"):
         emu_ext().bin_gaussians(zeros2, zeros1, torch.zeros(3, dtype=torch.int32), tiles, *cam)
+
+
+def test_reduced_policies_spread_their_atomics_over_nine_lanes():
+    """After the butterfly every lane holds the 9 sums, so warp (and distwar above its threshold) issue the
+    9 global atomics of a (warp, Gaussian) step from lanes 0..8, one each, instead of 9 from one lane:
+    every float atomicAdd comes from lanes 0..8, the same number from each, and none from lanes 9..31.
+    Baseline (one lane, 9 atomics per contributing pixel) is the contrast."""
+    means, scales, rots, ops, shs, settings = prepared(60, 16, 16, seed=7, sh_degree=0)
+    emu = emu_ext()
+    cam = cam_args(settings)
+    pre, bins, fwd = run_forward(emu, means, scales, rots, ops, shs, cam)
+    grad_image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(8))
+    args = (pre[0], pre[1], pre[2], ops, bins[0], bins[1], fwd[1], fwd[2], grad_image, None, *cam)
+    for mode, threshold in (("warp", 8), ("distwar", 1)):
+        lanes = emu.render_backward(*args, MODES[mode], threshold)[5]
+        assert lanes[:9].min() > 0 and (lanes[:9] == lanes[0]).all(), f"{mode}: lanes 0..8 {lanes[:9].tolist()}"
+        assert (lanes[9:] == 0).all(), f"{mode}: lanes 9..31 issued atomics: {lanes[9:].tolist()}"
+    base = emu.render_backward(*args, MODES["baseline"], 8)[5]
+    assert base.sum() % 9 == 0 and (base[9:] > 0).any(), "baseline: 9 atomics per contributing lane, any lane"

@@ -104,6 +104,7 @@ struct RenderParams {
     float* grad_opacities;        // [N]
     float* grad_colors;           // [N, 3]
     float* dummy;                 // [kBlockSize * kGradValues], the "floor" mode's sink
+    float floor_store_above;      // "floor": store to dummy only when |sum of a pair's 9 values| > this
     unsigned long long* histogram;  // [33], lane_histogram only
 };
 

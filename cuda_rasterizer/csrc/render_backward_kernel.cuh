@@ -65,7 +65,8 @@ __global__ void __launch_bounds__(kBlockSize) render_backward_kernel(Camera cam,
     const int count = min(s_max_contrib, end - start);  // list positions [0, count) are walked
     const int warp_last = warp_max(last);                // no lane of this warp uses positions >= this
 
-    const GradSinks sinks{p.grad_means2d, p.grad_conics, p.grad_opacities, p.grad_colors, p.dummy};
+    const GradSinks sinks{p.grad_means2d, p.grad_conics, p.grad_opacities, p.grad_colors, p.dummy,
+                            p.floor_store_above};
     const Acc acc = make_accumulator<Mode>(sinks, t, threshold, s_acc, s_touched);
     PixelBackState st;
     pixel_back_init(st, T_final);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -198,8 +199,17 @@ inline std::mutex& atomic_mutex() {
 }
 }  // namespace emu
 
+namespace emu {
+// float atomicAdd calls (global or shared) per lane since the last reset, for the policies' tests
+inline std::array<long long, 32>& float_atomics_per_lane() {
+    static std::array<long long, 32> counts{};
+    return counts;
+}
+}  // namespace emu
+
 inline float atomicAdd(float* a, float v) {
     std::lock_guard<std::mutex> g(emu::atomic_mutex());
+    ++emu::float_atomics_per_lane()[emu::lane()];
     const float old = *a;
     *a = old + v;
     return old;
@@ -208,6 +218,12 @@ inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)
     std::lock_guard<std::mutex> g(emu::atomic_mutex());
     const unsigned long long old = *a;
     *a = old + v;
+    return old;
+}
+inline int atomicOr(int* a, int v) {
+    std::lock_guard<std::mutex> g(emu::atomic_mutex());
+    const int old = *a;
+    *a = old | v;
     return old;
 }
 inline int atomicMax(int* a, int v) {

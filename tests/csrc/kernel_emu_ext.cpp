@@ -153,6 +153,10 @@ std::vector<Tensor> render_backward(Tensor means2d, Tensor conics, Tensor colors
     p.grad_final_T = grad_final_T ? fp(gT) : nullptr;
     p.grad_means2d = fp(gm); p.grad_conics = fp(gc); p.grad_colors = fp(gcol); p.grad_opacities = fp(go);
     p.dummy = fp(dummy);
+    // "floor" stores every contributing pair here (the GPU glue passes +inf: never), so that the test can
+    // see the values were computed
+    p.floor_store_above = -1.f;
+    emu::float_atomics_per_lane().fill(0);
     const dim3 grid(c.cam.grid_x, c.cam.grid_y), block(gsr::kBlockX, gsr::kBlockY);
     const int thr = static_cast<int>(threshold);
     switch (mode) {
@@ -163,7 +167,9 @@ std::vector<Tensor> render_backward(Tensor means2d, Tensor conics, Tensor colors
         case gsr::kFloor: emu::launch(grid, block, [&] { gsr::render_backward_kernel<gsr::kFloor>(c.cam, p, thr); }); break;
         default: TORCH_CHECK(false, "unknown mode ", mode);
     }
-    return {gm, gc, gcol, go, dummy};
+    Tensor lanes = torch::empty({32}, torch::kInt64);
+    for (int l = 0; l < 32; ++l) lanes.data_ptr<int64_t>()[l] = emu::float_atomics_per_lane()[l];
+    return {gm, gc, gcol, go, dummy, lanes};
 }
 
 Tensor lane_histogram(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor point_list, Tensor ranges,
