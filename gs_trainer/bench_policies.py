@@ -100,7 +100,9 @@ class PolicyBench:
             return {}
         call = lambda _: self.probe.backward_render(self.grad_image, policy.atomics, policy.threshold)  # noqa: E731
         grads = call(None)
-        out = {"kernel": time_op(call, self.device, warmup=self.warmup, repeats=self.repeats)}
+        # the probe's gradient buffers are zeroed in time_op's setup, outside the CUDA events: kernel only
+        zero = getattr(self.probe, "zero_grads", None)
+        out = {"kernel": time_op(call, self.device, warmup=self.warmup, repeats=self.repeats, setup=zero)}
         if policy.atomics == "baseline":
             self._baseline_grads = {k: v.detach().clone() for k, v in grads.items()}
         elif self._baseline_grads is not None and policy.atomics != FLOOR:

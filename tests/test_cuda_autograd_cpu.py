@@ -54,6 +54,19 @@ class CheckedCpuExt:
         assert args[15] in autograd.MODE_IDS.values() and 1 <= args[16] <= 33
         return self.cpu.render_backward(*args[:15])
 
+    def render_backward_into(self, *args):
+        self._check("render_backward_into", args)
+        grads, rest = args[0], args[1:]
+        assert rest[15] in autograd.MODE_IDS.values() and 1 <= rest[16] <= 33
+        n = rest[0].shape[0]
+        assert grads.shape == (9 * n,) and grads.dtype == torch.float32
+        got = self.cpu.render_backward(*rest[:15])  # (means2d, conics, colors, opacities), as the kernel adds
+        views = [grads[:2 * n].view(n, 2), grads[2 * n:5 * n].view(n, 3), grads[5 * n:8 * n].view(n, 3),
+                 grads[8 * n:]]
+        for view, g in zip(views, got):
+            view.add_(g.reshape(view.shape))
+        return views
+
     def lane_histogram(self, *args):
         self._check("lane_histogram", args)
         a = list(args)
@@ -130,5 +143,14 @@ def test_probe_plumbing(fake_ext):
         assert grads["opacities"].shape == (200,) and grads["means2d"].shape == (200, 2)
     with pytest.raises(ValueError, match="atomics"):
         probe.backward_render(grad_image, "nope")
+    # persistent buffers: zeroed again before the next launch, by zero_grads (outside a timed region) or
+    # by backward_render itself; either way a repeated call gives the same gradients, not their sum
+    first = {k: v.clone() for k, v in probe.backward_render(grad_image, "baseline", 8).items()}
+    again = probe.backward_render(grad_image, "baseline", 8)
+    for key in first:
+        torch.testing.assert_close(again[key], first[key], rtol=0, atol=0)
+    probe.zero_grads()
+    assert all((v == 0).all() for v in again.values()), "zero_grads must clear the returned buffers"
+    assert "render_backward_into" in fake_ext.calls and "render_backward" not in fake_ext.calls
     hist = probe.lane_histogram()
     assert hist.shape == (33,) and hist.sum() > 0

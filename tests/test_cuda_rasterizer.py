@@ -206,7 +206,8 @@ def test_probe_matches_autograd_and_counts_lanes():
     grad_image, _ = cotangents(settings, 31)
     cs = cuda_settings(settings)
     probe = BackwardRenderProbe(*to_cuda(means, scales, rots, ops, shs), None, cs)
-    base = probe.backward_render(grad_image.cuda(), "baseline")
+    # the probe returns views of its persistent buffers, which the next call overwrites: keep a copy
+    base = {k: v.clone() for k, v in probe.backward_render(grad_image.cuda(), "baseline").items()}
     assert set(base) == {"means2d", "conics", "opacities", "colors"}
     assert base["means2d"].shape == (means.shape[0], 2) and base["opacities"].shape == (means.shape[0],)
     for mode in ATOMICS_MODES:
@@ -215,8 +216,14 @@ def test_probe_matches_autograd_and_counts_lanes():
             for key in base:
                 assert_grad_close(f"{mode}/{thr}/{key}", got[key].cpu(), base[key].cpu(), rel_l2=POLICY_REL_L2,
                                   atol_frac=POLICY_ATOL_FRAC, rtol=1e-3)
-    floor = probe.backward_render(grad_image.cuda(), "floor")  # runs; its values are meaningless
+    floor = probe.backward_render(grad_image.cuda(), "floor")  # runs; stores nothing (atomics.cuh)
     assert floor["means2d"].shape == base["means2d"].shape
+    assert all((v == 0).all() for v in floor.values()), "floor must not write the gradients"
+    probe.zero_grads()  # then the next launch is the kernel alone; same results
+    again = probe.backward_render(grad_image.cuda(), "baseline")
+    for key in base:
+        assert_grad_close(f"again/{key}", again[key].cpu(), base[key].cpu(), rel_l2=POLICY_REL_L2,
+                          atol_frac=POLICY_ATOL_FRAC, rtol=1e-3)
     _, want = cuda_run(means, scales, rots, ops, shs, None, settings, grad_image)
     assert_grad_close("means2d", base["means2d"].cpu(), want["means2d"], rel_l2=POLICY_REL_L2,
                       atol_frac=POLICY_ATOL_FRAC, rtol=1e-3)

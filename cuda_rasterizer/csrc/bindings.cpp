@@ -86,6 +86,9 @@ std::vector<Tensor> preprocess_forward(const Tensor& means, const Tensor& scales
     check_tensor(means, "means", device, torch::kFloat32, {n, 3});
     check_tensor(scales, "scales", device, torch::kFloat32, {n, 3});
     check_tensor(rotations, "rotations", device, torch::kFloat32, {n, 4});
+    // the kernels index per-Gaussian rows with int (4 * i at most; the SH rows in int64)
+    TORCH_CHECK(n <= std::numeric_limits<int>::max() / 4, "cuda_rasterizer: at most ",
+                std::numeric_limits<int>::max() / 4, " Gaussians per call, got ", n);
     const gsr::Camera cam = make_camera(view, campos, bg, f, i, device);
     int64_t K = 0;
     if (shs) {
@@ -159,8 +162,11 @@ std::vector<Tensor> bin_gaussians(const Tensor& means2d, const Tensor& depths, c
     const int num_rendered = static_cast<int>(total);
     const int end_bit = gsr::sort_end_bit(static_cast<int>(num_tiles));
     const int64_t m = num_rendered;
+    // keys: unsorted and sorted halves of one buffer, freed on return; the sorted values are their own
+    // tensor, since the point list they become lives as long as the autograd graph
     Tensor keys = torch::empty({2 * m}, means2d.options().dtype(torch::kInt64));
-    Tensor values = torch::empty({2 * m}, opt_i);
+    Tensor values = torch::empty({m}, opt_i);
+    Tensor point_list = torch::empty({m}, opt_i);
     const size_t sort_bytes = m > 0 ? gsr::sort_temp_bytes(num_rendered, end_bit) : 0;
     Tensor sort_temp = torch::empty({static_cast<int64_t>(sort_bytes) + 1}, opt_b);
 
@@ -176,9 +182,8 @@ std::vector<Tensor> bin_gaussians(const Tensor& means2d, const Tensor& depths, c
     b.keys = key_base;
     b.values = values.data_ptr<int>();
     b.ranges = ranges.data_ptr<int>();
-    check_status(gsr::launch_binning(cam, b, key_base + m, values.data_ptr<int>() + m, sort_temp.data_ptr(),
+    check_status(gsr::launch_binning(cam, b, key_base + m, point_list.data_ptr<int>(), sort_temp.data_ptr(),
                                      sort_bytes, s, debug));
-    Tensor point_list = values.narrow(0, m, m);
     return {point_list, ranges};
 }
 
@@ -226,18 +231,16 @@ std::vector<Tensor> render_forward(const Tensor& means2d, const Tensor& conics, 
     return {image, final_T, n_contrib};
 }
 
-// -> (grad_means2d [N,2], grad_conics [N,3], grad_colors [N,3], grad_opacities [N]), freshly zeroed.
-std::vector<Tensor> render_backward(const Tensor& means2d, const Tensor& conics, const Tensor& colors,
-                                    const Tensor& opacities, const Tensor& point_list, const Tensor& ranges,
-                                    const Tensor& final_T, const Tensor& n_contrib, const Tensor& grad_image,
-                                    const std::optional<Tensor>& grad_final_T, const Tensor& view,
-                                    const Tensor& campos, const Tensor& bg, const std::vector<double>& f,
-                                    const std::vector<int64_t>& i, int64_t mode, int64_t balance_threshold,
-                                    int64_t stream, bool debug) {
-    check_device(means2d, "means2d");
+// The backward render into grads [N * kGradValues] (means2d 2N | conics 3N | colours 3N | opacities N), which
+// the kernel accumulates into: the caller zeroes it.  -> views (grad_means2d [N,2], grad_conics [N,3],
+// grad_colors [N,3], grad_opacities [N]) of it.
+std::vector<Tensor> render_backward_impl(const Tensor& grads, const Tensor& means2d, const Tensor& conics,
+                                         const Tensor& colors, const Tensor& opacities, const Tensor& point_list,
+                                         const Tensor& ranges, const Tensor& final_T, const Tensor& n_contrib,
+                                         const Tensor& grad_image, const std::optional<Tensor>& grad_final_T,
+                                         const gsr::Camera& cam, int64_t mode, int64_t balance_threshold,
+                                         int64_t stream, bool debug) {
     const auto device = means2d.device();
-    const c10::DeviceGuard guard(device);
-    const gsr::Camera cam = make_camera(view, campos, bg, f, i, device);
     TORCH_CHECK(mode >= gsr::kBaseline && mode <= gsr::kFloor, "cuda_rasterizer: unknown atomics mode ", mode);
     TORCH_CHECK(balance_threshold >= 1 && balance_threshold <= 33,
                 "cuda_rasterizer: balance_threshold must be in 1..33, got ", balance_threshold);
@@ -247,9 +250,8 @@ std::vector<Tensor> render_backward(const Tensor& means2d, const Tensor& conics,
     check_tensor(grad_image, "grad_image", device, torch::kFloat32, {3, cam.height, cam.width});
     if (grad_final_T) check_tensor(*grad_final_T, "grad_final_T", device, torch::kFloat32, {cam.height, cam.width});
     const int64_t n = means2d.size(0);
+    check_tensor(grads, "grads", device, torch::kFloat32, {n * gsr::kGradValues});
     const auto opt = means2d.options();
-    // one zeroed buffer (one memset) holding the four gradients
-    Tensor grads = torch::zeros({n * gsr::kGradValues}, opt);
     Tensor g_means2d = grads.narrow(0, 0, 2 * n).view({n, 2});
     Tensor g_conics = grads.narrow(0, 2 * n, 3 * n).view({n, 3});
     Tensor g_colors = grads.narrow(0, 5 * n, 3 * n).view({n, 3});
@@ -264,9 +266,43 @@ std::vector<Tensor> render_backward(const Tensor& means2d, const Tensor& conics,
     p.grad_colors = g_colors.data_ptr<float>();
     p.grad_opacities = g_opacities.data_ptr<float>();
     p.dummy = mode == gsr::kFloor ? dummy.data_ptr<float>() : nullptr;
+    p.floor_store_above = std::numeric_limits<float>::infinity();  // "floor" never stores (atomics.cuh)
     check_status(gsr::launch_render_backward(cam, p, static_cast<int>(mode), static_cast<int>(balance_threshold),
                                              as_stream(stream), debug));
     return {g_means2d, g_conics, g_colors, g_opacities};
+}
+
+// -> (grad_means2d [N,2], grad_conics [N,3], grad_colors [N,3], grad_opacities [N]), freshly zeroed.
+std::vector<Tensor> render_backward(const Tensor& means2d, const Tensor& conics, const Tensor& colors,
+                                    const Tensor& opacities, const Tensor& point_list, const Tensor& ranges,
+                                    const Tensor& final_T, const Tensor& n_contrib, const Tensor& grad_image,
+                                    const std::optional<Tensor>& grad_final_T, const Tensor& view,
+                                    const Tensor& campos, const Tensor& bg, const std::vector<double>& f,
+                                    const std::vector<int64_t>& i, int64_t mode, int64_t balance_threshold,
+                                    int64_t stream, bool debug) {
+    check_device(means2d, "means2d");
+    const c10::DeviceGuard guard(means2d.device());
+    const gsr::Camera cam = make_camera(view, campos, bg, f, i, means2d.device());
+    // one zeroed buffer (one memset) holding the four gradients
+    Tensor grads = torch::zeros({means2d.size(0) * gsr::kGradValues}, means2d.options());
+    return render_backward_impl(grads, means2d, conics, colors, opacities, point_list, ranges, final_T, n_contrib,
+                                grad_image, grad_final_T, cam, mode, balance_threshold, stream, debug);
+}
+
+// As render_backward, into the caller's grads [N * 9] float32 (zeroed by the caller; the kernel adds to
+// it): no allocation and no memset, so that a probe can time the kernel alone.  -> views of grads.
+std::vector<Tensor> render_backward_into(const Tensor& grads, const Tensor& means2d, const Tensor& conics,
+                                         const Tensor& colors, const Tensor& opacities, const Tensor& point_list,
+                                         const Tensor& ranges, const Tensor& final_T, const Tensor& n_contrib,
+                                         const Tensor& grad_image, const std::optional<Tensor>& grad_final_T,
+                                         const Tensor& view, const Tensor& campos, const Tensor& bg,
+                                         const std::vector<double>& f, const std::vector<int64_t>& i, int64_t mode,
+                                         int64_t balance_threshold, int64_t stream, bool debug) {
+    check_device(means2d, "means2d");
+    const c10::DeviceGuard guard(means2d.device());
+    const gsr::Camera cam = make_camera(view, campos, bg, f, i, means2d.device());
+    return render_backward_impl(grads, means2d, conics, colors, opacities, point_list, ranges, final_T, n_contrib,
+                                grad_image, grad_final_T, cam, mode, balance_threshold, stream, debug);
 }
 
 // -> [33] int64 histogram of contributing-lane counts per (warp, Gaussian).
@@ -350,6 +386,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bin_gaussians", &bin_gaussians);
     m.def("render_forward", &render_forward);
     m.def("render_backward", &render_backward);
+    m.def("render_backward_into", &render_backward_into);
     m.def("lane_histogram", &lane_histogram);
     m.def("preprocess_backward", &preprocess_backward);
     m.attr("ATOMICS_MODES") = py::make_tuple("baseline", "warp", "distwar", "tile", "floor");
