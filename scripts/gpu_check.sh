@@ -59,11 +59,12 @@ import torch
 from cuda_rasterizer.profiling import BackwardRenderProbe
 from cuda_rasterizer.reference import random_scene
 
-def median_ms(fn, warmup=3, repeats=15):
+def median_ms(fn, warmup=3, repeats=15, setup=lambda: None):
     for _ in range(warmup):
-        fn()
+        setup(); fn()
     times = []
     for _ in range(repeats):
+        setup()  # outside the events (the probe's zero_grads: the kernel alone is timed)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record(); fn(); b.record(); b.synchronize()
         times.append(a.elapsed_time(b))
@@ -75,11 +76,11 @@ for n, w, h in sizes:
     means, scales, rots, ops, shs, settings = random_scene(n, w, h, seed=0, sh_degree=3, device="cuda")
     probe = BackwardRenderProbe(means, scales, rots, ops, shs, None, settings)
     grad = torch.randn(3, h, w, device="cuda")
-    base = median_ms(lambda: probe.backward_render(grad, "baseline"))
+    base = median_ms(lambda: probe.backward_render(grad, "baseline"), setup=probe.zero_grads)
     print(f"{n} Gaussians, {w}x{h}, {int(probe.point_list.numel())} tile pairs, {torch.cuda.get_device_name()}")
     for mode, thr in (("baseline", 8), ("warp", 8), ("distwar", 8), ("distwar", 4), ("distwar", 16),
                       ("tile", 8), ("floor", 8)):
-        ms = median_ms(lambda: probe.backward_render(grad, mode, thr))
+        ms = median_ms(lambda: probe.backward_render(grad, mode, thr), setup=probe.zero_grads)
         print(f"  {mode:9s} thr {thr:2d}: {ms:8.3f} ms   x{base / ms:5.2f} vs baseline")
     hist = probe.lane_histogram().cpu().double()
     nz = hist[1:]
