@@ -17,9 +17,10 @@ sees that prefix of the tile's list.
 
 Measured on the 2-core CI-class machine (torch 2.13.0 CPU build, float32, one thread, 2026-11-22) with
 ``python -c "import cuda_rasterizer.reference as r; r._benchmark()"``: a 256x256 image of 20,000 random
-Gaussians (SH degree 3, about 80k tile-Gaussian pairs) takes 1.8 s CPU for the forward pass and 0.9 s for
-the backward pass, at 1.3 GiB peak resident memory for the whole process.  (With two threads on a machine
-shared with other jobs, OpenMP spin-waiting made the same run 10x slower: pin one thread when loaded.)
+Gaussians (SH degree 3, 225k tile-Gaussian pairs) takes 2.3 to 3.2 s CPU for the forward pass and 1.0 s for
+the backward pass (four runs on a machine shared with other jobs), at 1.4 GiB peak resident memory for the
+whole process.  With two threads on the loaded machine, OpenMP spin-waiting made the same run 10x slower:
+pin one thread when the machine is busy.
 """
 
 from __future__ import annotations
