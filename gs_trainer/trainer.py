@@ -81,8 +81,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg.optim, self.extent)
         self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state(state["densify"], self.device)
-        self.camera_gen.set_state(state["camera_gen"])
-        self.gen.set_state(state["gen"].to(self.gen.get_state().device))
+        # Generator states must be CPU ByteTensors, also for a CUDA generator; a checkpoint loaded with
+        # map_location="cuda" (as gs-train does on a GPU) brings them in on the GPU.
+        self.camera_gen.set_state(state["camera_gen"].cpu())
+        self.gen.set_state(state["gen"].cpu())
         self.camera_order = [int(i) for i in state["camera_order"].tolist()]
         self.iteration = int(state["iteration"])
 

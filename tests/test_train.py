@@ -94,6 +94,37 @@ def test_resume_reaches_the_same_result(scene, tmp_path):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"]) and a["lr"] == b["lr"]
 
 
+CUDA_RESUME_ATOL = 1e-4   # CUDA: the atomics' float summation order differs between runs
+
+
+@pytest.mark.cuda
+def test_resume_on_cuda_with_checkpoint_mapped_to_the_gpu(scene, tmp_path):
+    """gs-train loads checkpoints with map_location=<device>: the RNG states then arrive on the GPU, and
+    torch.Generator.set_state accepts only CPU ByteTensors (a CUDA generator's included)."""
+    import copy
+    cuda_scene = copy.copy(scene)
+    cuda_scene.train_cameras = [copy.copy(c) for c in scene.train_cameras]
+    cuda_scene.test_cameras = [copy.copy(c) for c in scene.test_cameras]
+    for cam in list(cuda_scene.train_cameras) + list(cuda_scene.test_cameras):
+        cam.image = cam.image.cuda()
+
+    def config():
+        cfg = small_config(iterations=40, checkpoint_iterations=[25])
+        cfg.optim.random_background = True
+        d = cfg.densify
+        d.densify_from_iter, d.densification_interval, d.densify_until_iter = 10, 10, 35
+        return cfg
+
+    full = Trainer(config(), cuda_scene, RecordingFolder(tmp_path / "full"), device="cuda")
+    full.train()
+    resumed = Trainer(config(), cuda_scene, RecordingFolder(tmp_path / "resumed"), device="cuda")
+    resumed.load_state(torch_load(tmp_path / "full" / "chkpnt25.pth", map_location="cuda"))
+    resumed.train()
+    assert full.model.num_gaussians == resumed.model.num_gaussians
+    for name, p in full.model.param_dict().items():
+        assert torch.allclose(p, getattr(resumed.model, name), atol=CUDA_RESUME_ATOL), name
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(scene, tmp_path, monkeypatch):
     import gs_trainer.trainer as trainer_module
     real = trainer_module.gaussian_splatting_loss
