@@ -64,6 +64,24 @@ def make_optimizer(model: GaussianModel, cfg: OptimConfig, spatial_lr_scale: flo
     return torch.optim.Adam(groups, lr=0.0, eps=ADAM_EPS, fused=fused or None)
 
 
+# Settings that say how Adam runs on this device, not what it has learnt: a checkpoint keeps its own.
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """``optimizer.load_state_dict`` that keeps this optimizer's implementation (fused Adam on CUDA).
+
+    The plain call takes ``fused``/``foreach`` from the saved groups, so a checkpoint written on the CPU
+    would silently turn fused Adam off when resumed on a GPU; torch also casts the ``step`` tensors by
+    the saved groups' flags (float32 on the parameter's device only for fused/capturable), so the
+    flags are set before loading, not after.
+    """
+    groups = []
+    for saved, current in zip(state_dict["param_groups"], optimizer.param_groups):
+        groups.append({**saved, **{k: current[k] for k in _IMPLEMENTATION_KEYS if k in current}})
+    optimizer.load_state_dict({**state_dict, "param_groups": groups})
+
+
 def set_position_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         if group["name"] == "means":

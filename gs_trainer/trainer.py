@@ -23,7 +23,7 @@ from .densify import DensifyStrategy
 from .losses import gaussian_splatting_loss
 from .metrics import image_metrics
 from .model import GaussianModel
-from .optim import make_optimizer, position_lr_schedule, set_position_lr
+from .optim import load_optimizer_state, make_optimizer, position_lr_schedule, set_position_lr
 from .renderer import note_atomics, render
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Trainer:
             raise ValueError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         self.model = GaussianModel.from_state(state["model"], self.device)
         self.optimizer = make_optimizer(self.model, self.cfg.optim, self.extent)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.strategy.load_state(state["densify"], self.device)
         # Generator states must be CPU ByteTensors, also for a CUDA generator; a checkpoint loaded with
         # map_location="cuda" (as gs-train does on a GPU) brings them in on the GPU.

@@ -7,7 +7,7 @@ import torch
 from gs_trainer.config import OptimConfig
 from gs_trainer.model import GaussianModel
 from gs_trainer.optim import (append_rows, check_aligned, exponential_lr, keep_rows, learning_rates,
-                              make_optimizer, position_lr_schedule)
+                              load_optimizer_state, make_optimizer, position_lr_schedule)
 
 REL_TOL = 1e-9   # float64 arithmetic in the schedule
 
@@ -51,3 +51,24 @@ def test_append_and_keep_rows_follow_state():
     assert torch.equal(opt.state[m.means]["exp_avg"], torch.cat([avg, torch.zeros(2, 3)])[keep])
     m.means.sum().backward()
     opt.step()   # still a working optimizer
+
+
+def test_resume_keeps_fused_adam_and_casts_its_steps():
+    """A checkpoint written by non-fused Adam (the CPU) and loaded into fused Adam (CUDA) keeps fused on,
+    with the step counters cast as fused Adam needs them (float32 on the parameter's device).  Fused Adam
+    runs on the CPU too (torch >= 2.4), which lets this test stand in for the GPU."""
+    m = GaussianModel.from_points(torch.rand(5, 3), torch.rand(5, 3), sh_degree=0)
+    plain = make_optimizer(m, OptimConfig(), 1.0)
+    m.means.square().sum().backward()
+    plain.step()
+    saved = plain.state_dict()
+    assert not any(g.get("fused") for g in saved["param_groups"])
+    groups = [{"params": [g["params"][0]], "lr": g["lr"], "name": g["name"]} for g in plain.param_groups]
+    fused = torch.optim.Adam(groups, lr=0.0, eps=1e-15, fused=True)
+    load_optimizer_state(fused, saved)
+    assert all(g["fused"] for g in fused.param_groups)
+    step = fused.state[m.means]["step"]
+    assert step.dtype == torch.float32 and step.device == m.means.device and float(step) == 1.0
+    assert torch.equal(fused.state[m.means]["exp_avg"], plain.state[m.means]["exp_avg"])
+    m.means.grad = torch.ones_like(m.means)
+    fused.step()   # a working fused optimizer
