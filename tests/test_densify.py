@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from cuda_rasterizer import RasterOutput
@@ -27,8 +28,13 @@ def _model():
                          quats, inverse_sigmoid(opac)[:, None], max_sh_degree=1)
 
 
-def _adam_stepped(model):
+def _adam_stepped(model, fused=False):
+    """Adam after one step; ``fused=True`` builds the fused Adam that CUDA training uses (torch runs it on
+    the CPU too), whose step counters are tensors that the row surgery must carry along."""
     opt = make_optimizer(model, OptimConfig(), EXTENT)
+    if fused:
+        groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in opt.param_groups]
+        opt = torch.optim.Adam(groups, lr=0.0, eps=opt.defaults["eps"], fused=True)
     loss = sum((p * (i + 1)).square().sum() for i, p in enumerate(model.parameters()))
     loss.backward()
     opt.step()
@@ -36,9 +42,10 @@ def _adam_stepped(model):
     return opt
 
 
-def test_clone_split_prune_rows_and_adam_state():
+@pytest.mark.parametrize("fused", [False, True], ids=["adam", "fused_adam"])
+def test_clone_split_prune_rows_and_adam_state(fused):
     model = _model()
-    opt = _adam_stepped(model)
+    opt = _adam_stepped(model, fused)
     before = {k: v.detach().clone() for k, v in model.param_dict().items()}
     moments = {g["name"]: opt.state[g["params"][0]]["exp_avg"].clone() for g in opt.param_groups}
     strat = DensifyStrategy(DensifyConfig(), EXTENT)
@@ -67,6 +74,9 @@ def test_clone_split_prune_rows_and_adam_state():
     assert torch.all(offsets.norm(dim=1) < 6 * 0.5) and torch.count_nonzero(offsets) > 0
     check_aligned(opt, model)
     assert torch.count_nonzero(strat.grad_accum) == 0 and strat.grad_accum.shape == (7,)
+    for group in opt.param_groups:   # the step counters survive the surgery, as fused Adam needs them
+        step = opt.state[group["params"][0]]["step"]
+        assert float(step) == 1.0 and step.device == model.device, group["name"]
     # the optimizer keeps working on the new rows
     model.means.sum().backward()
     opt.step()
