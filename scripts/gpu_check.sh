@@ -7,7 +7,8 @@
 #
 # Works offline: pure-Python wheels the machine lacks (plyfile) are installed from the git-ignored .whl/
 # folder when present (pip install --no-index --target /tmp/site).  The full log goes to $OUT/gpu_check.log
-# when OUT is set, else to /tmp/gpu_check.log.  Exit status: 0 when the build and the tests passed.
+# when OUT is set, else to /tmp/gpu_check.log.  Exit status: 0 only when a GPU was present, the build
+# succeeded and every CUDA test ran and passed (a skipped CUDA test on a GPU machine is a failure).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -46,10 +47,14 @@ if [ "$BUILD" != "FAILED" ]; then
     TESTS="$(tail -n 1 "$LOGDIR/gpu_tests.txt") (exit $rc)"
     [ "$rc" -eq 0 ] || TESTS="FAILED: $TESTS"
 fi
+HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+# On a GPU machine a skipped CUDA test means the extension did not load or a check did not run: a failure.
+if [ "$HAS_GPU" = "1" ] && grep -q "skipped" <<<"$TESTS"; then
+    TESTS="FAILED (CUDA tests skipped on a GPU machine; reasons in the log): $TESTS"
+fi
 
 echo "== policy timing (backward render kernel alone, CUDA events, median)"
 TIMING="not run"
-HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 if [ "$HAS_GPU" != "1" ]; then
     TIMING="skipped: no CUDA GPU visible to torch"
     echo "$TIMING"
@@ -101,4 +106,8 @@ echo "tests:  $TESTS"
 echo "timing: $TIMING"
 echo "log:    $LOG"
 case "$BUILD $TESTS" in *FAILED*) exit 1 ;; esac
+if [ "$HAS_GPU" != "1" ]; then
+    echo "NO GPU: the extension was built, but no kernel ran and nothing was timed; this is not a pass."
+    exit 1
+fi
 exit 0
