@@ -5,6 +5,7 @@
 
 #include "atomics.cuh"
 #include "math.cuh"
+#include "tile_pixel.cuh"
 
 namespace gsr {
 
@@ -28,13 +29,7 @@ __device__ __forceinline__ Accumulator<Mode> make_accumulator(const GradSinks& s
 template <int Mode>
 __global__ void __launch_bounds__(kBlockSize) render_backward_kernel(Camera cam, RenderParams p, int threshold) {
     using Acc = Accumulator<Mode>;
-    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
-    const int t = threadIdx.y * kBlockX + threadIdx.x;
-    const int px = blockIdx.x * kBlockX + threadIdx.x;
-    const int py = blockIdx.y * kBlockY + threadIdx.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
-    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
+    const auto [tile, t, px, py, inside, pxf, pyf, start, end] = tile_pixel(cam, p);
 
     __shared__ int s_id[kBlockSize];
     __shared__ float2 s_xy[kBlockSize];
@@ -112,13 +107,7 @@ __global__ void __launch_bounds__(kBlockSize) render_backward_kernel(Camera cam,
 // Profiling: for each warp with an in-image pixel and each Gaussian of the tile's full list, the number
 // of the warp's pixels that composite it (power <= 0, alpha >= 1/255, position < n_contrib).
 __global__ void __launch_bounds__(kBlockSize) lane_histogram_kernel(Camera cam, RenderParams p) {
-    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
-    const int t = threadIdx.y * kBlockX + threadIdx.x;
-    const int px = blockIdx.x * kBlockX + threadIdx.x;
-    const int py = blockIdx.y * kBlockY + threadIdx.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
-    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
+    const auto [tile, t, px, py, inside, pxf, pyf, start, end] = tile_pixel(cam, p);
     const int n_items = end - start;
 
     __shared__ float2 s_xy[kBlockSize];

@@ -3,17 +3,12 @@
 #pragma once
 
 #include "math.cuh"
+#include "tile_pixel.cuh"
 
 namespace gsr {
 
 __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, RenderParams p) {
-    const int tile = blockIdx.y * cam.grid_x + blockIdx.x;
-    const int t = threadIdx.y * kBlockX + threadIdx.x;
-    const int px = blockIdx.x * kBlockX + threadIdx.x;
-    const int py = blockIdx.y * kBlockY + threadIdx.y;
-    const bool inside = px < cam.width && py < cam.height;
-    const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
-    const int start = p.ranges[2 * tile], end = p.ranges[2 * tile + 1];
+    const auto [tile, t, px, py, inside, pxf, pyf, start, end] = tile_pixel(cam, p);
     const int n_items = end - start;
 
     __shared__ float2 s_xy[kBlockSize];
