@@ -48,7 +48,8 @@ def cpu_ext():
         build = Path(os.environ.get("CUDA_RASTERIZER_BUILD_DIR", Path.home() / ".cache" / "cuda_rasterizer")) / "cpu_math_ext"
         build.mkdir(parents=True, exist_ok=True)
         _ext = load(name="gsr_cpu_math_ext", sources=[str(HERE / "cpu_math_ext.cpp")],
-                    extra_include_paths=[str(CSRC)], extra_cflags=["-O2", "-std=c++17", "-ffp-contract=off"],
+                    extra_include_paths=[str(CSRC), str(HERE / "csrc")],
+                    extra_cflags=["-O2", "-std=c++17", "-ffp-contract=off"],
                     build_directory=str(build), verbose=False)
     return _ext
 

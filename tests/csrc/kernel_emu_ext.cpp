@@ -16,39 +16,16 @@
 #include "preprocess_kernels.cuh"
 #include "render_backward_kernel.cuh"
 #include "render_forward_kernel.cuh"
+#include "test_camera.h"
 
 namespace {
 
 using torch::Tensor;
 
-struct Cam {
-    Tensor view, campos, bg;
-    gsr::Camera cam;
-};
+using test_ext::Cam;
+using test_ext::fp;
+using test_ext::make_cam;
 
-Cam make_cam(const Tensor& view, const Tensor& campos, const Tensor& bg, const std::vector<double>& f,
-             const std::vector<int64_t>& i) {
-    Cam c{view.contiguous(), campos.contiguous(), bg.contiguous(), {}};
-    gsr::Camera& k = c.cam;
-    k.width = static_cast<int>(i[0]);
-    k.height = static_cast<int>(i[1]);
-    k.grid_x = (k.width + gsr::kBlockX - 1) / gsr::kBlockX;
-    k.grid_y = (k.height + gsr::kBlockY - 1) / gsr::kBlockY;
-    k.fx = static_cast<float>(f[0]);
-    k.fy = static_cast<float>(f[1]);
-    k.cx = static_cast<float>(f[2]);
-    k.cy = static_cast<float>(f[3]);
-    k.limx = static_cast<float>(f[4]);
-    k.limy = static_cast<float>(f[5]);
-    k.scale_modifier = static_cast<float>(f[6]);
-    k.sh_degree = static_cast<int>(i[2]);
-    k.view = c.view.data_ptr<float>();
-    k.campos = c.campos.data_ptr<float>();
-    k.bg = c.bg.data_ptr<float>();
-    return c;
-}
-
-float* fp(const Tensor& t) { return t.data_ptr<float>(); }
 
 dim3 per_gaussian_grid(int64_t n, int threads) { return dim3(static_cast<unsigned>((n + threads - 1) / threads)); }
 
