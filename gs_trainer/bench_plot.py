@@ -18,6 +18,7 @@ WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (170, 170, 170)
 COLOURS = {"baseline": (60, 60, 200), "warp": (200, 130, 40), "distwar": (60, 160, 60), "tile": (160, 60, 160),
            "floor": (120, 120, 120), "reference": (90, 90, 90)}
 FONT_SCALE = 0.45
+TEXT_MARGIN = 6  # pixels kept free at the right edge of the image
 
 
 def _cv2():
@@ -28,6 +29,10 @@ def _cv2():
 def _text(img, s, x, y, scale=FONT_SCALE, colour=BLACK, anchor="left"):
     cv2 = _cv2()
     (w, h), _ = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    room = img.shape[1] - TEXT_MARGIN - (x if anchor == "left" else 0)
+    if anchor == "left" and w > room > 0:      # a long title: shrink it to fit rather than cut it off
+        scale *= room / w
+        (w, h), _ = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     if anchor == "right":
         x -= w
     elif anchor == "centre":
