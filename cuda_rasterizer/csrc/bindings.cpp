@@ -48,23 +48,8 @@ gsr::Camera make_camera(const Tensor& view, const Tensor& campos, const Tensor& 
     TORCH_CHECK(i.size() == 3, "cuda_rasterizer: camera ints must have 3 values, got ", i.size());
     TORCH_CHECK(i[0] > 0 && i[1] > 0, "cuda_rasterizer: image size must be positive, got ", i[0], "x", i[1]);
     TORCH_CHECK(i[2] >= 0 && i[2] <= 3, "cuda_rasterizer: sh_degree must be in 0..3, got ", i[2]);
-    gsr::Camera c{};
-    c.width = static_cast<int>(i[0]);
-    c.height = static_cast<int>(i[1]);
-    c.grid_x = (c.width + gsr::kBlockX - 1) / gsr::kBlockX;
-    c.grid_y = (c.height + gsr::kBlockY - 1) / gsr::kBlockY;
-    c.fx = static_cast<float>(f[0]);
-    c.fy = static_cast<float>(f[1]);
-    c.cx = static_cast<float>(f[2]);
-    c.cy = static_cast<float>(f[3]);
-    c.limx = static_cast<float>(f[4]);
-    c.limy = static_cast<float>(f[5]);
-    c.scale_modifier = static_cast<float>(f[6]);
-    c.sh_degree = static_cast<int>(i[2]);
-    c.view = view.data_ptr<float>();
-    c.campos = campos.data_ptr<float>();
-    c.bg = bg.data_ptr<float>();
-    return c;
+    return gsr::camera_from_args(f.data(), i.data(), view.data_ptr<float>(), campos.data_ptr<float>(),
+                                 bg.data_ptr<float>());
 }
 
 void* as_stream(int64_t stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }

@@ -35,6 +35,30 @@ struct Camera {
     const float* bg;          // [3] background colour
 };
 
+// The camera from the flat arguments Python passes (autograd.py's camera_scalars): f = (fx, fy, cx, cy, limx,
+// limy, scale_modifier), i = (width, height, sh_degree).  The one place that knows this packing; the torch
+// glue and the CPU test extensions both use it.
+inline Camera camera_from_args(const double* f, const int64_t* i, const float* view, const float* campos,
+                               const float* bg) {
+    Camera c{};
+    c.width = static_cast<int>(i[0]);
+    c.height = static_cast<int>(i[1]);
+    c.grid_x = (c.width + kBlockX - 1) / kBlockX;
+    c.grid_y = (c.height + kBlockY - 1) / kBlockY;
+    c.fx = static_cast<float>(f[0]);
+    c.fy = static_cast<float>(f[1]);
+    c.cx = static_cast<float>(f[2]);
+    c.cy = static_cast<float>(f[3]);
+    c.limx = static_cast<float>(f[4]);
+    c.limy = static_cast<float>(f[5]);
+    c.scale_modifier = static_cast<float>(f[6]);
+    c.sh_degree = static_cast<int>(i[2]);
+    c.view = view;
+    c.campos = campos;
+    c.bg = bg;
+    return c;
+}
+
 struct PreprocessParams {
     int n;
     const float* means;       // [N, 3]

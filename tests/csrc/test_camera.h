@@ -20,22 +20,8 @@ struct Cam {
 Cam make_cam(const Tensor& view, const Tensor& campos, const Tensor& bg, const std::vector<double>& f,
              const std::vector<int64_t>& i) {
     Cam c{view.contiguous(), campos.contiguous(), bg.contiguous(), {}};
-    gsr::Camera& k = c.cam;
-    k.width = static_cast<int>(i[0]);
-    k.height = static_cast<int>(i[1]);
-    k.grid_x = (k.width + gsr::kBlockX - 1) / gsr::kBlockX;
-    k.grid_y = (k.height + gsr::kBlockY - 1) / gsr::kBlockY;
-    k.fx = static_cast<float>(f[0]);
-    k.fy = static_cast<float>(f[1]);
-    k.cx = static_cast<float>(f[2]);
-    k.cy = static_cast<float>(f[3]);
-    k.limx = static_cast<float>(f[4]);
-    k.limy = static_cast<float>(f[5]);
-    k.scale_modifier = static_cast<float>(f[6]);
-    k.sh_degree = static_cast<int>(i[2]);
-    k.view = c.view.data_ptr<float>();
-    k.campos = c.campos.data_ptr<float>();
-    k.bg = c.bg.data_ptr<float>();
+    c.cam = gsr::camera_from_args(f.data(), i.data(), c.view.data_ptr<float>(), c.campos.data_ptr<float>(),
+                                  c.bg.data_ptr<float>());
     return c;
 }
 
