@@ -94,7 +94,7 @@ for n, w, h in sizes:
 EOF
     rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 0 ]; then TIMING="ok (see above)"; else TIMING="FAILED (exit $rc)"; fi
-    if [ -f gs_trainer/bench.py ]; then
+    if [ -f gs_trainer/bench/cli.py ]; then
         echo "== gs-bench --quick"
         timeout 300 "$PY" -m gs_trainer.bench --quick --no-plots --out "$LOGDIR/bench" || echo "gs-bench exited with $?"
     fi

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gs_trainer import bench_plot
+from gs_trainer.bench import plot as bench_plot
 
 
 def main(argv=None) -> int:

@@ -12,10 +12,10 @@ import torch
 
 from cuda_rasterizer import rasterize_gaussians_reference
 from cuda_rasterizer.lane_profile import NUM_BINS, lane_histogram_reference
-from gs_trainer import bench, bench_plot, bench_report
-from gs_trainer.bench_gsplat import compare_with_gsplat
-from gs_trainer.bench_policies import FLOOR, Policy, PolicyBench, add_ratios, expand_policies
-from gs_trainer.bench_scene import (SYNTH_MIN_OPACITY, SYNTH_OUT_OF_VIEW, synthetic_cloud)
+from gs_trainer.bench import cli as bench, plot as bench_plot, report as bench_report
+from gs_trainer.bench.gsplat import compare_with_gsplat
+from gs_trainer.bench.policies import FLOOR, Policy, PolicyBench, add_ratios, expand_policies
+from gs_trainer.bench.scene import (SYNTH_MIN_OPACITY, SYNTH_OUT_OF_VIEW, synthetic_cloud)
 from cuda_rasterizer.reference import project_gaussians
 
 #: Share of a 20k synthetic cloud whose centre projects inside the image, against the designed

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from cuda_rasterizer.lane_profile import lane_histogram_reference
-from gs_trainer.bench import LANE_HIST_MAX_MOVED_FRACTION
-from gs_trainer.bench_scene import synthetic_cloud
+from gs_trainer.bench.cli import LANE_HIST_MAX_MOVED_FRACTION
+from gs_trainer.bench.scene import synthetic_cloud
 from test_cuda_kernels_emulated import emu_ext, run_forward
 from test_cuda_math_cpu import cam_args
 

@@ -18,7 +18,7 @@ import torch
 from cuda_rasterizer import RasterSettings
 from cuda_rasterizer.sh import num_sh_bases
 
-from .data.cameras import Camera
+from ..data.cameras import Camera
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class BenchScene:
 
     def model(self):
         """A fresh GaussianModel holding copies of the parameters (all SH bands active)."""
-        from .model import GaussianModel
+        from ..model import GaussianModel
         p = {k: v.detach().clone() for k, v in self.params.items()}
         return GaussianModel(p["means"], p["sh_dc"], p["sh_rest"], p["log_scales"], p["quats"],
                              p["opacity_logits"], self.sh_degree, active_sh_degree=self.sh_degree)
@@ -149,7 +149,7 @@ def synthetic_cloud(n: int, width: int, height: int, *, seed: int = 0, sh_degree
 def _load_scene(scene_path: str, device):
     """gs_trainer.data.dataset.Scene (COLMAP or Blender folder) with its cameras and initial points."""
     try:
-        from .data.dataset import Scene
+        from ..data.dataset import Scene
     except ImportError as err:
         raise RuntimeError(f"gs-bench: reading the scene {scene_path} needs gs_trainer.data.dataset ({err})") from None
     return Scene(scene_path, device=device)
@@ -162,7 +162,7 @@ def scene_from_files(scene_path: str, ply: Optional[str], *, view: int = 0, spli
     width/height: render at this size (intrinsics scaled); by default the camera's own size, or
     ``width`` alone with the aspect kept.
     """
-    from .model import GaussianModel
+    from ..model import GaussianModel
     scene = _load_scene(scene_path, device)
     cams = (scene.train_cameras if split == "train" else scene.test_cameras) or scene.cameras
     if not 0 <= view < len(cams):

@@ -22,10 +22,10 @@ import torch
 
 from cuda_rasterizer import ATOMICS_MODES
 
-from . import bench_plot, bench_report
-from .bench_policies import FLOOR, Policy, PolicyBench, add_ratios, expand_policies
-from .bench_scene import BenchScene, scene_from_files, synthetic_cloud
-from .bench_timing import process_peak_rss_mib
+from . import plot as bench_plot, report as bench_report
+from .policies import FLOOR, Policy, PolicyBench, add_ratios, expand_policies
+from .scene import BenchScene, scene_from_files, synthetic_cloud
+from .timing import process_peak_rss_mib
 
 log = logging.getLogger("gs_trainer.bench")
 
@@ -206,7 +206,7 @@ def run(args) -> dict:
         result["gsplat"] = {"skipped": "--lanes-only" if args.lanes_only else
                             f"--gsplat {args.gsplat}" + (" with --quick" if args.quick else "")}
     else:
-        from .bench_gsplat import compare_with_gsplat
+        from .gsplat import compare_with_gsplat
         log.info("gsplat comparison")
         try:
             result["gsplat"] = compare_with_gsplat(scene, warmup=warmup, repeats=repeats, grad_image=bench.grad_image)

@@ -17,8 +17,8 @@ import torch
 
 from cuda_rasterizer import DEFAULT_BALANCE_THRESHOLD, rasterize_gaussians
 
-from .bench_scene import BenchScene, background
-from .bench_timing import peak_memory_mib, reset_peak_memory, time_op
+from .scene import BenchScene, background
+from .timing import peak_memory_mib, reset_peak_memory, time_op
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,10 @@ class PolicyBench:
     def train_iteration(self, policy: Policy, lambda_dssim: float = 0.2) -> dict:
         """Render, 3DGS loss, backward, Adam step (the trainer's own pieces), from a fresh copy of the model."""
         try:
-            from .config import OptimConfig
-            from .losses import gaussian_splatting_loss
-            from .optim import make_optimizer
-            from .renderer import render
+            from ..config import OptimConfig
+            from ..losses import gaussian_splatting_loss
+            from ..optim import make_optimizer
+            from ..renderer import render
         except ImportError as err:
             return {"train_note": f"training pieces unavailable ({err}): iteration not timed"}
         model = self.scene.model()

@@ -16,8 +16,8 @@ import torch
 from cuda_rasterizer import DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD, rasterize_gaussians
 from cuda_rasterizer.settings import NEAR_PLANE
 
-from .bench_scene import BenchScene
-from .bench_timing import time_op
+from .scene import BenchScene
+from .timing import time_op
 
 log = logging.getLogger(__name__)
 

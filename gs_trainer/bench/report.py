@@ -13,7 +13,7 @@ import torch
 
 from cuda_rasterizer import DEFAULT_BALANCE_THRESHOLD
 
-from .utils_io import atomic_write_json, atomic_write_text
+from ..utils_io import atomic_write_json, atomic_write_text
 
 #: The issue's targets, reported against (never enforced): kernel and iteration speed-ups over baseline,
 #: distance to the no-atomics floor, and being faster than gsplat.
