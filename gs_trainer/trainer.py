@@ -1,4 +1,9 @@
-"""The training loop: pick a camera, render, loss, backward, densify, Adam step, evaluate, log, save.
+"""The training loop: pick a camera, render, loss, backward, evaluate, save, densify, Adam step, checkpoint.
+
+At an iteration that is both a save (or test) iteration and a densification one, the Gaussians are
+evaluated and saved *before* densification, as in the original trainer: the stored model is never one of
+freshly split and cloned, not yet optimised Gaussians.  Checkpoints are written after the Adam step, so
+that a resumed run continues exactly.
 
 The trainer owns no parsing and no file formats: it gets a typed config, a scene, and a ``RunFolder``-like
 sink (``save_gaussians``, ``save_checkpoint``, ``scalar``, ``image``) and decides only *when* to use them.
@@ -24,7 +29,7 @@ from .losses import gaussian_splatting_loss
 from .metrics import image_metrics
 from .model import GaussianModel
 from .optim import load_optimizer_state, make_optimizer, position_lr_schedule, set_position_lr
-from .renderer import note_atomics, render
+from .renderer import render
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,43 @@ NUM_TRAIN_EVAL_VIEWS = 5  # training views scored at each evaluation, as in the 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message says where and which checkpoint is the last good one."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """A stop was requested (SIGINT / SIGTERM): the iteration finished and ``checkpoint`` holds its state."""
+
+    def __init__(self, iteration: int, checkpoint: str, signum: int) -> None:
+        super().__init__(f"interrupted at iteration {iteration}; checkpoint {checkpoint}")
+        self.iteration, self.checkpoint, self.signum = iteration, checkpoint, signum
+
+
+def checkpoint_problem(state, cfg: TrainConfig) -> Optional[str]:
+    """Why ``state`` (a loaded checkpoint) cannot resume a run configured by ``cfg``; None if it can.
+
+    Checks what needs no scene: the format, the iteration against ``--iterations``, the SH degree.  The
+    cameras are checked against the scene by ``Trainer.load_state``.
+    """
+    if isinstance(state, (tuple, list)) and len(state) == 2 and isinstance(state[1], int):
+        return ("a checkpoint of the original 3DGS trainer (a (params, iteration) tuple): resuming it is not "
+                "supported; start a new run (its point_cloud/iteration_N/point_cloud.ply can still be rendered)")
+    if not isinstance(state, dict):
+        return f"not a gs-train checkpoint (it holds a {type(state).__name__}, not a dict)"
+    if state.get("version") != CHECKPOINT_VERSION:
+        return f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION} (not written by this gs-train)"
+    missing = [k for k in ("iteration", "model", "optimizer", "densify", "camera_gen", "gen", "camera_order")
+               if k not in state]
+    if missing:
+        return f"not a complete gs-train checkpoint (missing {', '.join(missing)})"
+    iteration, total = int(state["iteration"]), cfg.optim.iterations
+    if iteration >= total:
+        return (f"it is at iteration {iteration} and --iterations is {total}: nothing left to train "
+                f"(pass --iterations above {iteration} to continue)")
+    model = state["model"]
+    degree = model.get("max_sh_degree") if isinstance(model, dict) else None
+    if degree != cfg.model.sh_degree:
+        return (f"it holds Gaussians of SH degree {degree} but --sh_degree is {cfg.model.sh_degree} "
+                f"(pass --sh_degree {degree} to resume it)")
+    return None
 
 
 class Trainer:
@@ -59,7 +101,7 @@ class Trainer:
         self.last_checkpoint: Optional[str] = None
         self.bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0],
                                device=self.device)
-        note_atomics(self.device, cfg.run.atomics)
+        self.stop_requested: Optional[int] = None   # a signal number: stop after the current iteration
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -72,11 +114,14 @@ class Trainer:
             "camera_gen": self.camera_gen.get_state(),
             "gen": self.gen.get_state(),
             "camera_order": torch.tensor(self.camera_order, dtype=torch.int64),
+            "train_cameras": [cam.image_name for cam in self.scene.train_cameras],
         }
 
     def load_state(self, state: dict) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        """Resume from ``state``; ValueError (one line) if it does not fit this config and scene."""
+        problem = checkpoint_problem(state, self.cfg) or self.camera_problem(state)
+        if problem:
+            raise ValueError(problem)
         self.model = GaussianModel.from_state(state["model"], self.device)
         self.optimizer = make_optimizer(self.model, self.cfg.optim, self.extent)
         load_optimizer_state(self.optimizer, state["optimizer"])
@@ -87,6 +132,23 @@ class Trainer:
         self.gen.set_state(state["gen"].cpu())
         self.camera_order = [int(i) for i in state["camera_order"].tolist()]
         self.iteration = int(state["iteration"])
+
+    def camera_problem(self, state: dict) -> Optional[str]:
+        """Why the checkpoint's training cameras are not this scene's (count, then names); None if they are."""
+        names = [cam.image_name for cam in self.scene.train_cameras]
+        saved = state.get("train_cameras")
+        order = [int(i) for i in state["camera_order"].tolist()]
+        if saved is not None:
+            if len(saved) != len(names):
+                return (f"it was trained on {len(saved)} training views, this scene has {len(names)} "
+                        f"(another scene, or a different --eval split)")
+            if list(saved) != names:
+                first = next(i for i, (a, b) in enumerate(zip(saved, names)) if a != b)
+                return (f"it was trained on other views (view {first} is {saved[first]!r} there, {names[first]!r} "
+                        f"here): a checkpoint of another scene")
+        elif any(not 0 <= i < len(names) for i in order):
+            return f"its camera order refers to views this scene ({len(names)} training views) does not have"
+        return None
 
     # -- one iteration ----------------------------------------------------------------------------
     def next_camera(self):
@@ -107,6 +169,15 @@ class Trainer:
 
     def step(self, iteration: int):
         """One full training iteration.  Returns (loss, l1, image, camera) with tensors left on device."""
+        loss, l1, image, camera, out = self.forward_backward(iteration)
+        self.densify_and_step(iteration, out, camera)
+        return loss, l1, image, camera
+
+    def forward_backward(self, iteration: int):
+        """Render a training view, the loss and its gradients (no parameter changes yet).
+
+        Returns (loss, l1, image, camera, raster output) with tensors left on device.
+        """
         cfg = self.cfg
         set_position_lr(self.optimizer, self.position_lr(iteration))
         self.model.update_sh_degree(iteration, cfg.model.sh_increase_interval)
@@ -120,11 +191,14 @@ class Trainer:
         loss.backward()
         if self.device.type != "cuda":   # free on the CPU: stop before a NaN reaches the parameters
             self.check_finite(loss, iteration)
+        return loss.detach(), l1.detach(), image.detach(), camera, out
+
+    def densify_and_step(self, iteration: int, out, camera) -> None:
+        """Densification statistics and schedule, then the Adam step."""
         self.strategy.post_backward(iteration, self.model, self.optimizer, out, camera.width, camera.height,
-                                    white_background=cfg.model.white_background, generator=self.gen)
+                                    white_background=self.cfg.model.white_background, generator=self.gen)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), l1.detach(), image.detach(), camera
 
     def check_finite(self, loss: torch.Tensor, iteration: int) -> None:
         value = float(loss.detach())
@@ -143,15 +217,13 @@ class Trainer:
         test_at = set(run.test_iterations) | {total}
         ckpt_at = set(run.checkpoint_iterations)
         start = self.iteration + 1
-        bar = tqdm(range(start, total + 1), initial=start - 1, total=total, desc="training",
-                   disable=run.quiet, dynamic_ncols=True)
+        bar = tqdm(initial=start - 1, total=total, desc="training", disable=run.quiet, dynamic_ncols=True)
         ema = None
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         t_last, it_last = time.perf_counter(), start - 1
         results: dict = {}
-        for iteration in bar:
-            loss, l1, image, camera = self.step(iteration)
-            self.iteration = iteration
+        for iteration in range(start, total + 1):
+            loss, l1, image, camera, out = self.forward_backward(iteration)
             bad |= ~torch.isfinite(loss)
             ema = loss if ema is None else EMA_WEIGHT * loss + (1 - EMA_WEIGHT) * ema
             due = iteration in save_at or iteration in test_at or iteration in ckpt_at
@@ -168,16 +240,29 @@ class Trainer:
                                    ("train/psnr", train_psnr), ("train/num_gaussians", n),
                                    ("train/iter_ms", iter_ms)):
                     self.sink.scalar(tag, value, iteration)
-            if iteration in test_at:
+            paused = time.perf_counter()
+            if iteration in test_at:       # evaluate and save before densifying, as the original does
                 results = self.evaluate(iteration)
-                t_last = time.perf_counter()   # evaluation time is not iteration time
             if iteration in save_at:
                 path = self.sink.save_gaussians(self.model, iteration)
                 log.info("[ITER %d] saved %d Gaussians to %s", iteration, self.model.num_gaussians, path)
-            if iteration in ckpt_at:
+            pause = time.perf_counter() - paused
+            self.densify_and_step(iteration, out, camera)
+            self.iteration = iteration
+            del out
+            stopping = self.stop_requested is not None and iteration < total
+            if iteration in ckpt_at or stopping:
+                paused = time.perf_counter()
                 path = self.sink.save_checkpoint(self.state(), iteration)
                 self.last_checkpoint = str(path)
                 log.info("[ITER %d] checkpoint %s", iteration, path)
+                pause += time.perf_counter() - paused
+            t_last += pause                # evaluation and saving are not iteration time, neither in
+            exclude_from_rate(bar, pause)  # train/iter_ms nor in the progress bar's rate
+            bar.update(1)
+            if stopping:
+                bar.close()
+                raise TrainingInterrupted(iteration, self.last_checkpoint, self.stop_requested)
         bar.close()
         return results
 
@@ -213,3 +298,11 @@ class Trainer:
                      len(cams), means["l1"], means["psnr"], means["ssim"])
             results[split] = means
         return results
+
+
+def exclude_from_rate(bar: tqdm, seconds: float) -> None:
+    """Leave ``seconds`` (spent evaluating or saving) out of the bar's elapsed time and it/s rate."""
+    if bar.disable or seconds <= 0:
+        return
+    bar.start_t += seconds
+    bar.last_print_t += seconds

@@ -226,6 +226,13 @@ def colmap_views(source: Path, model_dir: Path, images: str, cache_dir: Path):
             return image, Camera(img.image_id, img.name, w, h, fx, fy, cx, cy, R, t)
 
         views.append(View(img.name, path, load, listed_in=images_file))
+    distorted = sorted({model.cameras[img.camera_id].model for img in model.images.values()
+                        if needs_undistortion(model.cameras[img.camera_id])})
+    if distorted:
+        count = sum(needs_undistortion(model.cameras[img.camera_id]) for img in model.images.values())
+        where = f"cached in {Path(cache_dir) / 'undistorted'}" if cache_dir is not None else "not cached"
+        log.info("%s: %d of %d images come from distorted cameras (%s): undistorting them to pinhole cameras "
+                 "on load with OpenCV (%s)", source, count, len(model.images), ", ".join(distorted), where)
     points = model.points.xyz.astype(np.float32)
     colors = model.points.rgb.astype(np.float32) / 255.0
     return views, points, colors

@@ -215,7 +215,9 @@ def undistorted_image(path: Path, undistorter_for, cache_dir: Optional[Path], ex
 def _cache_file(cache_dir: Optional[Path], undistorter: Undistorter, path: Path) -> Optional[Path]:
     if cache_dir is None:
         return None
-    return Path(cache_dir) / "undistorted" / undistorter.key() / (path.name + ".png")
+    # x.png is cached as x.png; other formats keep their name and gain .png (x.jpg.png), so no two collide
+    name = path.name if path.suffix.lower() == ".png" else path.name + ".png"
+    return Path(cache_dir) / "undistorted" / undistorter.key() / name
 
 
 # ------------------------------------------------------------------------------------------------
