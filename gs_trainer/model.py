@@ -227,10 +227,13 @@ class GaussianModel(nn.Module):
         if missing:
             raise PlyError(f"{path}: missing vertex attribute(s) {', '.join(missing)}")
 
+        n = len(vertex.data)
+
         def cols(names_):
+            if not names_:   # SH degree 0 has no f_rest_* columns
+                return np.zeros((n, 0), dtype=np.float32)
             return np.stack([np.asarray(vertex[name], dtype=np.float32) for name in names_], axis=1)
 
-        n = len(vertex.data)
         means = cols(["x", "y", "z"])
         dc = cols([f"f_dc_{i}" for i in range(3)]).reshape(n, 3, 1)
         k1 = num_sh_bases(degree) - 1

@@ -270,9 +270,9 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
         if state is not None:
             trainer.last_checkpoint = cfg.run.start_checkpoint
             log.info("resumed from %s at iteration %d", cfg.run.start_checkpoint, trainer.iteration)
-        log.info("training %d iterations on %s, output in %s", cfg.optim.iterations, cfg.run.device, folder.path)
         if signals is not None:
             signals.trainer = trainer
+        log.info("training %d iterations on %s, output in %s", cfg.optim.iterations, cfg.run.device, folder.path)
         with logging_redirect_tqdm():
             results = trainer.train()
     finally:

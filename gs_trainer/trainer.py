@@ -57,8 +57,8 @@ def checkpoint_problem(state, cfg: TrainConfig) -> Optional[str]:
     cameras are checked against the scene by ``Trainer.load_state``.
     """
     if isinstance(state, (tuple, list)) and len(state) == 2 and isinstance(state[1], int):
-        return ("a checkpoint of the original 3DGS trainer (a (params, iteration) tuple): resuming it is not "
-                "supported; start a new run (its point_cloud/iteration_N/point_cloud.ply can still be rendered)")
+        return ("a checkpoint of the original 3DGS trainer (a (params, iteration) tuple), which gs-train "
+                "cannot resume: start a new run")
     if not isinstance(state, dict):
         return f"not a gs-train checkpoint (it holds a {type(state).__name__}, not a dict)"
     if state.get("version") != CHECKPOINT_VERSION:
