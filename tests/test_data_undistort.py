@@ -147,6 +147,17 @@ def test_scene_undistorts_into_the_cache_dir_not_the_scene(tmp_path):
     assert all(bool((a.image == b.image).all()) for a, b in zip(scene.train_cameras, again.train_cameras))
 
 
+def test_undistortion_is_announced_and_cache_files_keep_the_image_names(tmp_path, caplog):
+    import logging
+    scene_dir = tmp_path / "scene"
+    _write_scene(scene_dir, SIMPLE_RADIAL)
+    caplog.set_level(logging.INFO)
+    Scene(scene_dir, cache_dir=tmp_path / "cache")
+    notes = [r.getMessage() for r in caplog.records if "undistorting" in r.getMessage()]
+    assert len(notes) == 1 and "3 of 3 images" in notes[0] and "SIMPLE_RADIAL" in notes[0], notes
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.png")) == ["im0.png", "im1.png", "im2.png"]
+
+
 def test_default_cache_is_outside_the_scene(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     scene_dir = tmp_path / "scene"
