@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -41,6 +42,7 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
         cfg.model.model_path = str(Path("output") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if not cfg.model.source_path:
         raise ConfigError("no scene given: pass -s/--source_path (a COLMAP scene folder)")
+    cfg.model.source_path = os.path.abspath(cfg.model.source_path)   # the run opens from any directory
     if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.run.device} was asked for but torch sees no CUDA GPU")
     return cfg
@@ -74,6 +76,8 @@ def run(cfg: TrainConfig) -> dict:
              len(scene.train_cameras), len(scene.test_cameras), len(scene.points), scene.extent)
     folder = RunFolder(cfg.model.model_path, tensorboard=cfg.run.tensorboard)
     save_config(cfg, folder.config_path)
+    folder.save_cfg_args(cfg)                     # for the original's viewer and scripts
+    folder.save_input_ply(scene.points, scene.colors)
     folder.save_cameras(list(scene.test_cameras) + list(scene.train_cameras))
     trainer = Trainer(cfg, scene, folder, device=cfg.run.device)
     if cfg.run.start_checkpoint:
