@@ -79,7 +79,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     status = 0
     for run in map(Path, args.model_paths):
         split_dir = run / args.split
-        methods = sorted(split_dir.glob("ours_*"), key=lambda d: int(d.name.split("_")[-1])) if split_dir.is_dir() else []
+        methods = sorted((d for d in split_dir.glob("ours_*") if d.is_dir() and d.name[5:].isdigit()),
+                         key=lambda d: int(d.name[5:])) if split_dir.is_dir() else []
         if not methods:
             print(f"gs-metrics: error: {split_dir}: no ours_N folders (run gs-render -m {run} --split {args.split})",
                   file=sys.stderr)
