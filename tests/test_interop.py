@@ -229,10 +229,9 @@ def test_render_from_another_directory_both_splits_by_default(ours, tmp_path, mo
     assert len(list((ours / "train" / "ours_20" / "renders").glob("*.png"))) == NUM_VIEWS - NUM_TEST_VIEWS
 
 
-def test_metrics_shapes_and_train_split_in_its_own_files(ours, monkeypatch):
-    from gs_trainer.render import main as render
+def test_metrics_shapes_and_train_split_in_its_own_files(ours):
     if not (ours / "train" / "ours_20").is_dir():
-        assert render(["-m", str(ours), "--quiet"]) == 0
+        assert render_main(["-m", str(ours), "--quiet"]) == 0
     assert metrics_main(["-m", str(ours)]) == 0
     results = json.loads((ours / "results.json").read_text())
     per_view = json.loads((ours / "per_view.json").read_text())
