@@ -71,6 +71,9 @@ class DensifyConfig:
     min_opacity: float = 0.005
     max_screen_size: int = 20                # prune radius > this (pixels) after the first opacity reset
     max_world_size: float = 0.1              # ... or world scale > this fraction of the extent
+    scene_size_limit: float = 1.0            # always (every densification_interval, first to last iteration):
+                                             # prune world scale > this many extents, a Gaussian larger than
+                                             # the scene; 0 = off (the original has no such rule)
     split_factor: float = 1.6                # split children scales = parent / this (0.8 * 2 in the original)
 
 
@@ -112,6 +115,7 @@ class TrainConfig:
             (d.densification_interval > 0, "densification_interval must be positive"),
             (d.opacity_reset_interval > 0, "opacity_reset_interval must be positive"),
             (d.split_factor > 0, "split_factor must be positive"),
+            (d.scene_size_limit >= 0, f"scene_size_limit must be >= 0 (0 = off), got {d.scene_size_limit}"),
             (r.atomics in ATOMICS_MODES, f"atomics must be one of {ATOMICS_MODES}, got {r.atomics!r}"),
             (1 <= r.balance_threshold <= 33, f"balance_threshold must be in 1..33, got {r.balance_threshold}"),
             (r.log_interval > 0, "log_interval must be positive"),

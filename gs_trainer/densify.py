@@ -57,14 +57,19 @@ class DensifyStrategy:
         cfg = self.cfg
         events: dict[str, int] = {}
         if iteration >= cfg.densify_until_iter:
+            if iteration % cfg.densification_interval == 0:
+                events.update(self.prune_larger_than_scene(model, optimizer))
             return events
         if self.grad_accum is None or self.grad_accum.shape[0] != model.num_gaussians:
             self.reset_stats(model.num_gaussians, model.device)
         self.add_stats(out, width, height)
-        if iteration > cfg.densify_from_iter and iteration % cfg.densification_interval == 0:
-            events.update(self.densify_and_prune(model, optimizer,
-                                                 prune_big=iteration > cfg.opacity_reset_interval,
-                                                 generator=generator))
+        if iteration % cfg.densification_interval == 0:
+            if iteration > cfg.densify_from_iter:
+                events.update(self.densify_and_prune(model, optimizer,
+                                                     prune_big=iteration > cfg.opacity_reset_interval,
+                                                     generator=generator))
+            else:
+                events.update(self.prune_larger_than_scene(model, optimizer))
         if iteration % cfg.opacity_reset_interval == 0 or (white_background and iteration == cfg.densify_from_iter):
             self.reset_opacity(model, optimizer)
             events["opacity_reset"] = 1
@@ -90,8 +95,9 @@ class DensifyStrategy:
     @torch.no_grad()
     def densify_and_prune(self, model: GaussianModel, optimizer: torch.optim.Optimizer, *, prune_big: bool,
                           generator: Optional[torch.Generator] = None) -> dict[str, int]:
-        """Clone small / split large high-gradient Gaussians, then prune (split parents, transparent,
-        and with ``prune_big`` those too big on screen or in the world).  Resets the statistics."""
+        """Clone small / split large high-gradient Gaussians, then prune (split parents, transparent, larger
+        than the scene, and with ``prune_big`` those too big on screen or in the world).  Resets the
+        statistics."""
         cfg = self.cfg
         n = model.num_gaussians
         grads = self.mean_grads()
@@ -128,6 +134,7 @@ class DensifyStrategy:
         prune = torch.cat([split, torch.zeros(n_added, dtype=torch.bool, device=split.device)])
         transparent = (model.opacities < cfg.min_opacity).reshape(-1)
         prune |= transparent
+        prune |= self.larger_than_scene(model)
         if prune_big:
             big_world = model.scales.max(dim=1).values > cfg.max_world_size * self.extent
             prune |= big_world
@@ -139,6 +146,30 @@ class DensifyStrategy:
             keep_rows(optimizer, model, ~prune)
         self.reset_stats(model.num_gaussians, model.device)
         return {"cloned": n_clone, "split": n_split, "pruned": n_pruned}
+
+    def larger_than_scene(self, model: GaussianModel) -> torch.Tensor:
+        """[N] bool: largest world scale above ``scene_size_limit`` extents (all False when the limit is 0)."""
+        limit = self.cfg.scene_size_limit
+        if limit <= 0:
+            return torch.zeros(model.num_gaussians, dtype=torch.bool, device=model.device)
+        return model.scales.max(dim=1).values > limit * self.extent
+
+    @torch.no_grad()
+    def prune_larger_than_scene(self, model: GaussianModel, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+        """Outside the densification steps (before densify_from_iter, after densify_until_iter) the one
+        pruning rule that stays on: no Gaussian larger than the scene survives (a floater that veils views)."""
+        huge = self.larger_than_scene(model)
+        n_huge = int(huge.sum())
+        if n_huge == 0:
+            return {}
+        keep = ~huge
+        keep_rows(optimizer, model, keep)
+        if self.grad_accum is not None and self.grad_accum.shape[0] == keep.shape[0]:
+            self.grad_accum, self.denom, self.max_radii = (t[keep] for t in (self.grad_accum, self.denom,
+                                                                                 self.max_radii))
+        else:
+            self.reset_stats(model.num_gaussians, model.device)
+        return {"pruned": n_huge}
 
     @torch.no_grad()
     def reset_opacity(self, model: GaussianModel, optimizer: torch.optim.Optimizer) -> None:

@@ -1,9 +1,15 @@
 """gs-render: render a trained run's views (and optionally an orbit video).
 
-    gs-render -m runs/tabletop [--iteration N] [--split train|test] [--orbit]
+    gs-render -m runs/tabletop [--iteration N] [--skip_train] [--skip_test] [--eval] [--orbit]
+    gs-render -m runs/tabletop --split test          # this project's spelling of --skip_train
 
 Writes RUN/<split>/ours_N/renders/00000.png beside RUN/<split>/ours_N/gt/00000.png (the original's
-layout); ``--orbit`` adds RUN/orbit/ours_N/frames/*.png and RUN/orbit/ours_N/orbit.mp4.
+layout), for the train and the test views by default, as the original's render.py does; ``--orbit`` adds
+RUN/orbit/ours_N/frames/*.png and RUN/orbit/ours_N/orbit.mp4.
+
+A run folder of the original trainer opens too: its ``cfg_args`` (parsed, never evaluated) gives the scene
+and the split, ``point_cloud/iteration_N/point_cloud.ply`` the Gaussians; ``-s`` says where the scene is
+when it has moved since training.
 """
 
 from __future__ import annotations
@@ -28,9 +34,15 @@ ORBIT_FPS = 30
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gs-render", description="Render a trained run's views.")
-    p.add_argument("-m", "--model_path", required=True, help="run folder written by gs-train")
+    p.add_argument("-m", "--model_path", required=True,
+                   help="run folder written by gs-train or by the original trainer")
     p.add_argument("--iteration", type=int, default=-1, help="saved iteration to render (-1 = the last)")
-    p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    p.add_argument("--split", choices=("train", "test", "all"), default="all",
+                   help="views to render (default: all, i.e. train and test, as the original)")
+    p.add_argument("--skip_train", action="store_true", help="do not render the training views (the original's flag)")
+    p.add_argument("--skip_test", action="store_true", help="do not render the test views (the original's flag)")
+    p.add_argument("--eval", action="store_true",
+                   help="hold out every 8th view as the test split even if the run was trained without --eval")
     p.add_argument("--orbit", action="store_true", help="also render a smooth camera path as MP4 + frames")
     p.add_argument("--orbit_frames", type=int, default=ORBIT_FRAMES)
     p.add_argument("-s", "--source_path", default=None, help="override the scene path stored in the run")
@@ -39,16 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_run_config(run: Path) -> tuple[TrainConfig, Path]:
+    """The run's config and the file it came from: config.yaml (gs-train) or cfg_args (the original)."""
+    from .cfg_args import CFG_ARGS, config_from_cfg_args
+
+    cfg_path = run / "config.yaml"
+    if cfg_path.is_file():
+        return load_config(cfg_path), cfg_path
+    if (run / CFG_ARGS).is_file():
+        return config_from_cfg_args(run / CFG_ARGS), run / CFG_ARGS
+    raise ConfigError(f"{run}: no config.yaml (gs-train) or {CFG_ARGS} (the original trainer) here; "
+                      f"is this a run folder?")
+
+
 def load_run(model_path: str, iteration: int = -1, device: Optional[str] = None):
     """(config, model, iteration, device) of a run folder; ConfigError/PlyError with a clear message."""
     from .model import GaussianModel
     from .utils_run import saved_iterations
 
     run = Path(model_path)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run}: no config.yaml here; is this a gs-train run folder?")
-    cfg = load_config(cfg_path)
+    cfg, _ = load_run_config(run)
     available = saved_iterations(run)
     if not available:
         raise ConfigError(f"{run}: no point_cloud/iteration_N/point_cloud.ply saved yet")
@@ -57,7 +79,8 @@ def load_run(model_path: str, iteration: int = -1, device: Optional[str] = None)
     elif iteration not in available:
         raise ConfigError(f"{run}: iteration {iteration} was not saved (saved: {available})")
     if device is None:
-        device = cfg.run.device if (cfg.run.device.startswith("cpu") or torch.cuda.is_available()) else "cpu"
+        wanted = cfg.run.device or "cuda"
+        device = wanted if (wanted.startswith("cpu") or torch.cuda.is_available()) else "cpu"
     model = GaussianModel.load_ply(run / "point_cloud" / f"iteration_{iteration}" / "point_cloud.ply", device)
     return cfg, model, iteration, device
 
@@ -139,6 +162,31 @@ def write_video(frames_dir: Path, video_path: Path, fps: int = ORBIT_FPS) -> boo
     return True
 
 
+def chosen_splits(args) -> tuple[str, ...]:
+    splits = ("train", "test") if args.split == "all" else (args.split,)
+    return tuple(s for s in splits if not (s == "train" and args.skip_train) and not (s == "test" and args.skip_test))
+
+
+def check_scene(run: Path, cfg: TrainConfig, described_by: Path, given: Optional[str]) -> Optional[int]:
+    """The scene must exist; returns how many views the run's cameras.json lists (None: no such file)."""
+    import json
+
+    source = Path(cfg.model.source_path)
+    if not source.is_dir():
+        where = "-s" if given else f"{described_by} (source_path)"
+        raise ConfigError(f"{where}: scene folder {source} not found; pass -s where the scene is now")
+    cams = run / "cameras.json"
+    if cams.is_file():
+        try:
+            entries = json.loads(cams.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ConfigError(f"{cams}: not readable JSON ({err})") from None
+        if not isinstance(entries, list):
+            raise ConfigError(f"{cams}: expected a list of cameras")
+        return len(entries)
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .data.errors import SceneError
     from .model import PlyError
@@ -147,24 +195,38 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    splits = chosen_splits(args)
+    if not splits and not args.orbit:
+        print("gs-render: error: --split/--skip_train/--skip_test leave nothing to render", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run = Path(args.model_path)
     try:
         cfg, model, iteration, device = load_run(args.model_path, args.iteration, args.device)
+        _, described_by = load_run_config(run)
         cfg.run.quiet = cfg.run.quiet or args.quiet
         configure_torch(cfg.run)
         if args.source_path:
             cfg.model.source_path = args.source_path
+        if args.eval:
+            cfg.model.eval = True
         cfg.run.device = device
         cfg.model.model_path = args.model_path
+        expected = check_scene(run, cfg, described_by, args.source_path)
         scene = load_scene(cfg)
+        found = len(scene.train_cameras) + len(scene.test_cameras)
+        if expected is not None and expected != found:
+            where = "-s " + args.source_path if args.source_path else str(cfg.model.source_path)
+            raise ConfigError(f"{run / 'cameras.json'}: the run was trained on {expected} views, but {where} "
+                              f"has {found}; is this the scene the run was trained on?")
     except (ConfigError, PlyError, SceneError) as err:
         print(f"gs-render: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    run = Path(args.model_path)
-    splits = ("train", "test") if args.split == "all" else (args.split,)
     for split in splits:
         cams = scene.test_cameras if split == "test" else scene.train_cameras
         if not cams:
-            log.warning("no %s views (train with --eval to hold out test views)", split)
+            if split == "test":
+                (log.warning if args.split == "test" else log.info)(
+                    "no test views: the run was trained without --eval (pass --eval to hold out every 8th view)")
             continue
         out = run / split / f"ours_{iteration}"
         render_split(cfg, model, cams, out, device)

@@ -71,6 +71,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[TrainConfig, argparse.
         cfg.model.model_path = str(Path("output") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if not cfg.model.source_path:
         raise ConfigError("no scene given: pass -s/--source_path (a COLMAP scene folder)")
+    cfg.model.source_path = os.path.abspath(cfg.model.source_path)   # the run opens from any directory
     if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.run.device} was asked for but torch sees no CUDA GPU")
     return cfg, args
@@ -265,6 +266,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
     folder = open_run_folder(cfg)
     try:
         save_config(cfg, folder.config_path)
+        folder.save_cfg_args(cfg)                     # for the original's viewer and scripts
+        folder.save_input_ply(scene.points, scene.colors)
         folder.save_cameras(list(scene.test_cameras) + list(scene.train_cameras))
         trainer.sink = folder
         if state is not None:

@@ -238,7 +238,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(ema):.4f}", psnr=f"{train_psnr:.2f}", gaussians=n)
                 for tag, value in (("train/loss", float(loss)), ("train/l1", float(l1)),
                                    ("train/psnr", train_psnr), ("train/num_gaussians", n),
-                                   ("train/iter_ms", iter_ms)):
+                                   ("train/iter_ms", iter_ms),
+                                   # the same figures under the original trainer's tags, for its dashboards
+                                   ("train_loss_patches/l1_loss", float(l1)),
+                                   ("train_loss_patches/total_loss", float(loss)),
+                                   ("iter_time", iter_ms), ("total_points", n)):
                     self.sink.scalar(tag, value, iteration)
             paused = time.perf_counter()
             if iteration in test_at:       # evaluate and save before densifying, as the original does
@@ -274,6 +278,9 @@ class Trainer:
         splits = {"test": list(self.scene.test_cameras),
                   "train": [train[i % len(train)] for i in range(5, 5 * (NUM_TRAIN_EVAL_VIEWS + 1), 5)]}
         results = {}
+        histogram = getattr(self.sink, "histogram", None)
+        if histogram is not None:   # the original's tag
+            histogram("scene/opacity_histogram", self.model.opacities, iteration)
         for split, cams in splits.items():
             if not cams:
                 continue
@@ -294,6 +301,8 @@ class Trainer:
             prefix = "eval" if split == "test" else "eval_train"
             for key, value in means.items():
                 self.sink.scalar(f"{prefix}/{key}", value, iteration)
+            for key in ("l1", "psnr"):   # the original's tags ("test/loss_viewpoint - psnr", ...)
+                self.sink.scalar(f"{split}/loss_viewpoint - {key.replace('l1', 'l1_loss')}", means[key], iteration)
             log.info("[ITER %d] evaluating %s (%d views): L1 %.5f PSNR %.2f SSIM %.4f", iteration, split,
                      len(cams), means["l1"], means["psnr"], means["ssim"])
             results[split] = means

@@ -3,12 +3,15 @@
 ::
 
     RUN/config.yaml                                   resolved config (read back by gs-render / gs-metrics)
+    RUN/cfg_args                                      the original trainer's Namespace(...) line (its viewer reads it)
+    RUN/input.ply                                     the initial point cloud (x, y, z, normals, uint8 colours)
     RUN/cameras.json                                  test then train cameras, the original's format
     RUN/point_cloud/iteration_N/point_cloud.ply       Gaussians after N iterations
     RUN/chkpntN.pth                                   model + optimizer + densification + RNG state
     RUN/events.out.tfevents.*                         tensorboard scalars and images
     RUN/<split>/ours_N/{renders,gt}/00000.png         gs-render
-    RUN/results.json, RUN/per_view.json               gs-metrics
+    RUN/results.json, RUN/per_view.json               gs-metrics, test split (the original's shape)
+    RUN/results_train.json, RUN/per_view_train.json   gs-metrics --split train
 """
 
 from __future__ import annotations
@@ -60,6 +63,29 @@ class RunFolder:
     def save_checkpoint(self, state: dict, iteration: int) -> Path:
         return atomic_torch_save(state, self.checkpoint_path(iteration))
 
+    def save_cfg_args(self, cfg) -> Path:
+        from .cfg_args import CFG_ARGS, format_cfg_args
+        from .utils_io import atomic_write_text
+        path = self.path / CFG_ARGS
+        atomic_write_text(path, format_cfg_args(cfg))
+        return path
+
+    def save_input_ply(self, points, colors) -> Path:
+        """The initial point cloud as the original stores it: float x, y, z, nx, ny, nz (zero), uchar rgb."""
+        import numpy as np
+        from plyfile import PlyData, PlyElement
+        from .utils_io import atomic_write
+
+        xyz = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        rgb = np.clip(np.asarray(colors, dtype=np.float64).reshape(-1, 3) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        names = [(c, "f4") for c in ("x", "y", "z", "nx", "ny", "nz")] + [(c, "u1") for c in ("red", "green", "blue")]
+        vertex = np.zeros(len(xyz), dtype=names)
+        for i, c in enumerate("xyz"):
+            vertex[c] = xyz[:, i]
+        for i, c in enumerate(("red", "green", "blue")):
+            vertex[c] = rgb[:, i]
+        return atomic_write(self.path / "input.ply", PlyData([PlyElement.describe(vertex, "vertex")]).write)
+
     def save_cameras(self, cameras) -> Path:
         entries = []
         for index, cam in enumerate(cameras):
@@ -71,6 +97,10 @@ class RunFolder:
     def scalar(self, tag: str, value: float, iteration: int) -> None:
         if self._writer is not None:
             self._writer.add_scalar(tag, value, iteration)
+
+    def histogram(self, tag: str, values: torch.Tensor, iteration: int) -> None:
+        if self._writer is not None:
+            self._writer.add_histogram(tag, values.detach().reshape(-1).cpu(), iteration)
 
     def image(self, tag: str, image: torch.Tensor, iteration: int) -> None:
         if self._writer is not None:

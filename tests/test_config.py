@@ -1,5 +1,6 @@
 """Config: defaults, YAML presets, command-line flags (and their precedence), round trip through the run folder."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ def test_cli_flags_are_the_original_names():
                         "1e-3", "--white_background", "--random_background", "--atomics", "warp",
                         "--balance_threshold", "12", "--device", "cpu", "--no-tensorboard", "--lambda_dssim", "0.3"])
     m, o, d, r = cfg.model, cfg.optim, cfg.densify, cfg.run
-    assert (m.source_path, m.model_path, m.resolution, m.images, m.eval, m.sh_degree) == ("data/x", "runs/x", 2, "imgs", True, 1)
+    assert (m.source_path, m.model_path, m.resolution, m.images, m.eval, m.sh_degree) == (
+        os.path.abspath("data/x"), "runs/x", 2, "imgs", True, 1)   # source_path absolute: the run opens from anywhere
     assert m.white_background and o.random_background
     assert (o.iterations, o.position_lr_init, o.lambda_dssim) == (123, 1e-3, 0.3)
     assert (d.densify_grad_threshold, d.densify_until_iter) == (0.0005, 77)

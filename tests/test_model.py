@@ -44,19 +44,20 @@ def test_from_points_initialisation():
     assert m.shs.shape == (50, 16, 3)
 
 
-def test_knn_fallback_matches_brute_force(monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_scipy(name, *a, **kw):
-        if name.startswith("scipy"):
-            raise ImportError("scipy hidden by the test")
-        return real_import(name, *a, **kw)
-
+def test_knn_kd_tree_matches_brute_force(monkeypatch):
+    """The KD-tree search equals the brute force, across query chunks, with duplicate points (distance 0)
+    and on clouds with fewer than k + 1 points."""
+    import gs_trainer.model as model_mod
     pts, _ = _cloud(300, seed=1)
-    monkeypatch.setattr(builtins, "__import__", no_scipy)
-    got = mean_sq_knn_distance(torch.from_numpy(pts), chunk=64).numpy()
-    assert np.allclose(got, _brute_knn(pts.astype(np.float64)), rtol=1e-4)
+    pts[7] = pts[3]                                        # a duplicate: its nearest distance is 0
+    monkeypatch.setattr(model_mod, "KNN_CHUNK", 64)       # several query chunks, the last one partial
+    got = mean_sq_knn_distance(torch.from_numpy(pts)).numpy()
+    assert np.allclose(got, _brute_knn(pts.astype(np.float64)), rtol=1e-5, atol=1e-12)
+    assert got[7] == got[3]                               # each is the other's nearest, at distance 0
+    small = pts[:3]
+    assert np.allclose(mean_sq_knn_distance(torch.from_numpy(small)).numpy(),
+                       _brute_knn(small.astype(np.float64), k=2), rtol=1e-5)
+    assert mean_sq_knn_distance(torch.from_numpy(pts[:1])).tolist() == [1.0]
 
 
 def test_sh_degree_schedule():
