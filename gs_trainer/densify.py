@@ -149,6 +149,9 @@ class DensifyStrategy:
                 radii = torch.cat([self.max_radii, torch.zeros(n_added, device=self.max_radii.device)])
                 prune |= radii > cfg.max_screen_size
         n_pruned = int(prune.sum()) - n_split
+        # rows before pruning: [old n | clones | first split children | second split children]; the sharded
+        # strategy reads this to put every kept row back at its single-process position
+        self.last_layout = ((n, n_clone, n_split, n_split), ~prune)
         if bool(prune.any()):
             keep_rows(optimizer, model, ~prune)
         self.reset_stats(model.num_gaussians, model.device)

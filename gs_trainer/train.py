@@ -2,7 +2,8 @@
 
     gs-train -s data/tabletop -m runs/tabletop --eval [--config configs/cpu.yaml] [--atomics distwar]
 
-Exit codes: 0 done, 2 bad input (scene, config, checkpoint), 3 the loss became NaN/Inf.
+Exit codes: 0 done, 2 bad input (scene, config, checkpoint), 3 the loss became NaN/Inf, 4 (torchrun) another
+rank died or stopped answering within --dist_timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger("gs_trainer")
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_RANK_LOST = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +62,14 @@ def load_scene(cfg: TrainConfig):
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Build everything from a resolved config and train; returns the final evaluation."""
+    """Build everything from a resolved config and train; returns the final evaluation.  Under torchrun
+    (RANK and WORLD_SIZE set) the Gaussians are sharded over the ranks (gs_trainer.distributed)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .distributed.comm import launched_distributed
+    if launched_distributed():
+        from .distributed.launch import run_distributed
+        return run_distributed(cfg)
 
     from .trainer import Trainer
     from .utils_io import torch_load
@@ -105,6 +113,7 @@ def run(cfg: TrainConfig) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from .data.errors import SceneError
+    from .distributed.comm import RankLost
     from .model import PlyError
     from .trainer import TrainingDiverged
 
@@ -122,6 +131,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainingDiverged as err:
         print(f"gs-train: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RankLost as err:
+        print(f"gs-train: error: {err}", file=sys.stderr)
+        return EXIT_RANK_LOST
     return 0
 
 
