@@ -20,6 +20,7 @@ layout, so a run can resume with any number of ranks (or none).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -172,6 +173,9 @@ class DistributedTrainer(Trainer):
         self.strategy = ShardedDensifyStrategy(cfg.densify, self.extent, comm=comm)
         self.strategy.reset_stats(self.model.num_gaussians, self.device)
         self.param_index = {group["name"]: i for i, group in enumerate(self.optimizer.param_groups)}
+        #: this rank's exchange traffic, summed over steps (docs/SCALING.md, scripts/measure_exchange.py):
+        #: visible rows it projected, rows it sent to other ranks, seconds in the forward all_to_all
+        self.traffic = {"steps": 0, "visible_rows": 0, "rows_out": 0, "exchange_s": 0.0}
 
     def resolve_batch_size(self, batch_size: int) -> int:
         return batch_size or self.comm.world
@@ -205,7 +209,14 @@ class DistributedTrainer(Trainer):
                        for d in range(comm.world)]
         mine = [c for c in range(len(views)) if owners[c] == comm.rank]
         recv_counts = [sum(int(counts[s, c]) for c in mine) for s in range(comm.world)]
+        started = time.perf_counter()
         recv = exchange_rows(comm, send, send_counts, recv_counts)
+        if torch.is_grad_enabled():          # training steps only, not evaluation renders
+            t = self.traffic
+            t["steps"] += 1
+            t["visible_rows"] += int(counts[comm.rank].sum())
+            t["rows_out"] += sum(send_counts) - send_counts[comm.rank]
+            t["exchange_s"] += time.perf_counter() - started
         pieces: dict[int, list] = {c: [] for c in mine}
         offset = 0
         for s in range(comm.world):            # from each source rank: its rows of my cameras, in order
