@@ -11,7 +11,7 @@ rasterize stage needs nothing but those rows and the camera.
 Backends register their two stages in ``STAGE_BACKENDS`` (``register_stage_backend``): ``reference``
 (pure PyTorch, autograd) and ``cuda`` (the extension, autograd.py).  A backend is a name and two callables
 with the signatures of ``_reference_project`` / ``_reference_rasterize`` below; adding one (the C++ CPU
-backend) is one ``register_stage_backend("cpu", project, rasterize, is_available)`` call.
+backend) is one ``register_stage_backend("cpu", project, rasterize, check)`` call.
 """
 
 from __future__ import annotations
@@ -72,21 +72,21 @@ class StageBackend:
     project(means, scales, rotations, opacities, shs, colors_precomp, settings) -> ProjectedGaussians
     rasterize(proj, settings, atomics, balance_threshold) -> (image [3, H, W], final_T [H, W],
         n_contrib [H, W] int32)
-    check() raises CudaBackendUnavailable (or another RuntimeError subclass named in ``fallback_errors``)
-    when the backend cannot run here; ``auto`` then falls back to the reference.
+    check(device) raises CudaBackendUnavailable when the backend cannot run on tensors of ``device``
+    here; ``auto`` then falls back to the reference (with one warning).
     """
 
     name: str
     project: ProjectFn
     rasterize: RasterizeFn
-    check: Callable[[], None] = lambda: None
+    check: Callable[[torch.device], None] = lambda device: None
 
 
 STAGE_BACKENDS: dict[str, StageBackend] = {}
 
 
 def register_stage_backend(name: str, project: ProjectFn, rasterize: RasterizeFn,
-                           check: Callable[[], None] = lambda: None) -> None:
+                           check: Callable[[torch.device], None] = lambda device: None) -> None:
     STAGE_BACKENDS[name] = StageBackend(name, project, rasterize, check)
 
 
@@ -127,8 +127,10 @@ def _cuda_rasterize(proj, *args):
     return rasterize_projected_cuda(proj, *args)
 
 
-def _cuda_check():
-    from ._backend import load_extension
+def _cuda_check(device: torch.device):
+    from ._backend import CudaBackendUnavailable, load_extension
+    if device.type != "cuda":
+        raise CudaBackendUnavailable(f"the cuda backend needs CUDA tensors, got tensors on {device}")
     load_extension()
 
 
@@ -146,11 +148,11 @@ def _resolve(backend: str, device: torch.device, caller: str) -> StageBackend:
         raise ValueError(f"{caller}: backend must be one of {', '.join(names)}, got {backend!r}")
     if backend != "auto":
         chosen = STAGE_BACKENDS[backend]
-        chosen.check()
+        chosen.check(device)
         return chosen
     if device.type == "cuda":
         try:
-            STAGE_BACKENDS["cuda"].check()
+            STAGE_BACKENDS["cuda"].check(device)
             return STAGE_BACKENDS["cuda"]
         except CudaBackendUnavailable as err:
             global _fallback_warned
