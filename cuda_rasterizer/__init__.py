@@ -4,7 +4,8 @@
 with CUDA tensors (see ``_backend``).  CPU tensors go through the pure-PyTorch reference.
 """
 
-from .api import rasterize_gaussians
+from .api import (STAGE_BACKENDS, ProjectedGaussians, project_gaussians, rasterize_gaussians,
+                  rasterize_projected, register_stage_backend)
 from .reference import rasterize_gaussians_reference
 from .settings import (ATOMICS_MODES, DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD, RasterOutput,
                        RasterSettings)
@@ -13,8 +14,13 @@ __all__ = [
     "ATOMICS_MODES",
     "DEFAULT_ATOMICS",
     "DEFAULT_BALANCE_THRESHOLD",
+    "ProjectedGaussians",
     "RasterOutput",
     "RasterSettings",
+    "STAGE_BACKENDS",
+    "project_gaussians",
     "rasterize_gaussians",
     "rasterize_gaussians_reference",
+    "rasterize_projected",
+    "register_stage_backend",
 ]

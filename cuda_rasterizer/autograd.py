@@ -168,18 +168,41 @@ def rasterize_gaussians_cuda(means: torch.Tensor, scales: torch.Tensor, rotation
                       int(balance_threshold))
 
 
-def _rasterize(means, scales, rotations, opacities, shs, colors_precomp, settings, atomics, balance_threshold):
-    """The pipeline behind rasterize_gaussians_cuda, inputs already checked."""
+def project_gaussians_cuda(means, scales, rotations, opacities, shs, colors_precomp, settings):
+    """The project stage on the extension (inputs already checked by api.project_gaussians).
+
+    Returns api.ProjectedGaussians (means2d [N, 2], conics [N, 3], colors [N, 3], opacities [N], depths [N],
+    radii [N] int32, tiles_touched [N] int32), differentiable through _Preprocess.
+    """
+    from .api import ProjectedGaussians
+    load_extension()  # raises CudaBackendUnavailable before any graph is built
     device = means.device
     cam = CameraArgs.make(settings, device)
-    means_f = _as_f32(means, "means", device)
-    scales_f = _as_f32(scales, "scales", device)
-    rotations_f = _as_f32(rotations, "rotations", device)
-    opacities_f = _as_f32(opacities, "opacities", device).reshape(-1)
-    shs_f = _as_f32(shs, "shs", device)
-    means2d, conics, colors, depths, radii, tiles = _Preprocess.apply(means_f, scales_f, rotations_f, shs_f, cam)
+    means2d, conics, colors, depths, radii, tiles = _Preprocess.apply(
+        _as_f32(means, "means", device), _as_f32(scales, "scales", device),
+        _as_f32(rotations, "rotations", device), _as_f32(shs, "shs", device), cam)
     if colors_precomp is not None:
         colors = _as_f32(colors_precomp, "colors_precomp", device)
-    image, final_T, n_contrib = _Render.apply(means2d, conics, colors, opacities_f, depths.detach(), radii, tiles,
-                                              cam, MODE_IDS[atomics], balance_threshold)
-    return RasterOutput(image, radii, means2d, depths, final_T, n_contrib)
+    return ProjectedGaussians(means2d, conics, colors, _as_f32(opacities, "opacities", device).reshape(-1),
+                              depths, radii, tiles)
+
+
+def rasterize_projected_cuda(proj, settings, atomics, balance_threshold):
+    """The rasterize stage on the extension: bin + render, differentiable through _Render.
+    Returns (image [3, H, W], final_T [H, W], n_contrib [H, W] int32)."""
+    load_extension()
+    device = proj.means2d.device
+    cam = CameraArgs.make(settings, device)
+    f32 = lambda t, name: _as_f32(t, name, device)  # noqa: E731
+    radii = proj.radii.to(torch.int32).contiguous()
+    tiles = proj.tiles_touched.to(torch.int32).contiguous()
+    return _Render.apply(f32(proj.means2d, "means2d"), f32(proj.conics, "conics"), f32(proj.colors, "colors"),
+                         f32(proj.opacities, "opacities").reshape(-1), f32(proj.depths, "depths").detach(),
+                         radii, tiles, cam, MODE_IDS[atomics], int(balance_threshold))
+
+
+def _rasterize(means, scales, rotations, opacities, shs, colors_precomp, settings, atomics, balance_threshold):
+    """The pipeline behind rasterize_gaussians_cuda, inputs already checked: the two stages composed."""
+    proj = project_gaussians_cuda(means, scales, rotations, opacities, shs, colors_precomp, settings)
+    image, final_T, n_contrib = rasterize_projected_cuda(proj, settings, atomics, balance_threshold)
+    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)

@@ -56,6 +56,7 @@ class OptimConfig:
     rotation_lr: float = 0.001
     lambda_dssim: float = 0.2
     random_background: bool = False
+    batch_size: int = 0                  # views per step (losses averaged); 0 = one per rank (1 on one process)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class RunConfig:
     balance_threshold: int = DEFAULT_BALANCE_THRESHOLD
     seed: int = 0
     cpu_threads: int = 0                 # torch intra-op threads for CPU work; 0 = torch's default
+    dist_timeout: float = 300.0          # seconds a rank waits on the others (torchrun) before giving up
     log_interval: int = 10               # tqdm postfix and tensorboard scalars every this many iterations
     num_eval_images: int = 5             # test renders written to tensorboard at each evaluation
     tensorboard: bool = True
@@ -111,6 +113,7 @@ class TrainConfig:
             (m.resolution in (-1, 1, 2, 4, 8) or m.resolution > 8,
              f"resolution must be -1, 1, 2, 4, 8 or a target width > 8, got {m.resolution}"),
             (o.iterations > 0, f"iterations must be positive, got {o.iterations}"),
+            (o.batch_size >= 0, f"batch_size must be >= 0 (0 = one view per rank), got {o.batch_size}"),
             (0.0 <= o.lambda_dssim <= 1.0, f"lambda_dssim must be in [0, 1], got {o.lambda_dssim}"),
             (d.densification_interval > 0, "densification_interval must be positive"),
             (d.opacity_reset_interval > 0, "opacity_reset_interval must be positive"),
@@ -119,6 +122,7 @@ class TrainConfig:
             (r.atomics in ATOMICS_MODES, f"atomics must be one of {ATOMICS_MODES}, got {r.atomics!r}"),
             (1 <= r.balance_threshold <= 33, f"balance_threshold must be in 1..33, got {r.balance_threshold}"),
             (r.log_interval > 0, "log_interval must be positive"),
+            (r.dist_timeout > 0, f"dist_timeout must be positive, got {r.dist_timeout}"),
         ]
         for ok, message in checks:
             if not ok:

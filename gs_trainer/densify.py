@@ -54,6 +54,16 @@ class DensifyStrategy:
                       out: RasterOutput, width: int, height: int, *, white_background: bool = False,
                       generator: Optional[torch.Generator] = None) -> dict[str, int]:
         """Statistics, then densify/prune and opacity reset when due.  Returns what changed (counts)."""
+        return self.post_backward_batch(iteration, model, optimizer, [(out, width, height)],
+                                        white_background=white_background, generator=generator)
+
+    def post_backward_batch(self, iteration: int, model: GaussianModel, optimizer: torch.optim.Optimizer,
+                            views: list, *, grad_scale: float = 1.0, white_background: bool = False,
+                            generator: Optional[torch.Generator] = None) -> dict[str, int]:
+        """``post_backward`` for a batch: ``views`` is [(out, width, height)], one per view rendered in
+        this step.  Each view adds its statistics as a single step would; ``grad_scale`` undoes the loss
+        averaging (the batch loss is the mean of B view losses, so each view's 2D-mean gradient is 1/B of
+        its single-step value: pass B).  Densification then runs at most once, after the whole batch."""
         cfg = self.cfg
         events: dict[str, int] = {}
         if iteration >= cfg.densify_until_iter:
@@ -62,7 +72,8 @@ class DensifyStrategy:
             return events
         if self.grad_accum is None or self.grad_accum.shape[0] != model.num_gaussians:
             self.reset_stats(model.num_gaussians, model.device)
-        self.add_stats(out, width, height)
+        for out, width, height in views:
+            self.add_stats(out, width, height, grad_scale=grad_scale)
         if iteration % cfg.densification_interval == 0:
             if iteration > cfg.densify_from_iter:
                 events.update(self.densify_and_prune(model, optimizer,
@@ -77,10 +88,12 @@ class DensifyStrategy:
 
     # -- statistics -------------------------------------------------------------------------------
     @torch.no_grad()
-    def add_stats(self, out: RasterOutput, width: int, height: int) -> None:
+    def add_stats(self, out: RasterOutput, width: int, height: int, grad_scale: float = 1.0) -> None:
         grad = out.means2d.grad
         if grad is None:
             raise RuntimeError("densify: means2d has no gradient; call pre_backward(out) before backward()")
+        if grad_scale != 1.0:
+            grad = grad * grad_scale
         visible = (out.radii > 0).to(self.grad_accum.dtype)
         ndc_norm = torch.hypot(grad[:, 0] * (width * 0.5), grad[:, 1] * (height * 0.5))
         self.grad_accum += ndc_norm * visible
@@ -111,9 +124,10 @@ class DensifyStrategy:
         params = model.param_dict()
         new_rows = {name: [p.detach()[clone]] for name, p in params.items()}
         n_split = int(split.sum())
+        stds = scales[split].repeat(SPLIT_CHILDREN, 1)
+        noise = self.split_noise(n_split, stds, generator)
         if n_split:
-            stds = scales[split].repeat(SPLIT_CHILDREN, 1)
-            samples = torch.randn(stds.shape, device=stds.device, dtype=stds.dtype, generator=generator) * stds
+            samples = noise * stds
             rots = build_rotation(model.quats[split]).repeat(SPLIT_CHILDREN, 1, 1)
             children = {
                 "means": torch.bmm(rots, samples[..., None])[..., 0] + model.means[split].repeat(SPLIT_CHILDREN, 1),
@@ -142,6 +156,9 @@ class DensifyStrategy:
                 radii = torch.cat([self.max_radii, torch.zeros(n_added, device=self.max_radii.device)])
                 prune |= radii > cfg.max_screen_size
         n_pruned = int(prune.sum()) - n_split
+        # rows before pruning: [old n | clones | first split children | second split children]; the sharded
+        # strategy reads this to put every kept row back at its single-process position
+        self.last_layout = ((n, n_clone, n_split, n_split), ~prune)
         if bool(prune.any()):
             keep_rows(optimizer, model, ~prune)
         self.reset_stats(model.num_gaussians, model.device)
@@ -170,6 +187,14 @@ class DensifyStrategy:
         else:
             self.reset_stats(model.num_gaussians, model.device)
         return {"pruned": n_huge}
+
+    def split_noise(self, n_split: int, stds: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Standard normal offsets of the split children, [SPLIT_CHILDREN * n_split, 3] (children of the
+        first copy of every split Gaussian, then of the second).  The sharded strategy overrides this to
+        draw the whole model's noise and keep its shard's rows, so that sharding changes no sample."""
+        if not n_split:
+            return stds
+        return torch.randn(stds.shape, device=stds.device, dtype=stds.dtype, generator=generator)
 
     @torch.no_grad()
     def reset_opacity(self, model: GaussianModel, optimizer: torch.optim.Optimizer) -> None:

@@ -56,12 +56,36 @@ def position_lr_schedule(cfg: OptimConfig, spatial_lr_scale: float) -> Callable[
                           delay_mult=cfg.position_lr_delay_mult, max_steps=cfg.position_lr_max_steps)
 
 
-def make_optimizer(model: GaussianModel, cfg: OptimConfig, spatial_lr_scale: float) -> torch.optim.Adam:
-    """Adam (fused on CUDA) with the 3DGS learning rate per parameter group."""
+ADAM_BETAS = (0.9, 0.999)   # torch's defaults, the original's
+
+
+def batch_scaling(batch_size: int) -> tuple[float, tuple[float, float]]:
+    """(learning-rate factor, Adam betas) for a batch of B views per step: Grendel-GS's rule
+    (Zhao et al., "On Scaling Up 3D Gaussian Splatting Training", arXiv 2406.18533, ICLR 2025).
+
+    If the B views' gradients are independent, one batched step should move the parameters as far as B
+    single steps would: Adam's second-moment normalisation makes a step's size independent of the
+    gradient's scale, and B independent gradients add up to sqrt(B) times one gradient's length, so the
+    learning rate grows by sqrt(B); one batched step stands for B steps of momentum decay, so the betas
+    become beta^B.  B = 1 gives (1.0, ADAM_BETAS) exactly."""
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if b == 1:
+        return 1.0, ADAM_BETAS
+    return math.sqrt(b), (ADAM_BETAS[0] ** b, ADAM_BETAS[1] ** b)
+
+
+def make_optimizer(model: GaussianModel, cfg: OptimConfig, spatial_lr_scale: float,
+                   batch_size: int = 1) -> torch.optim.Adam:
+    """Adam (fused on CUDA) with the 3DGS learning rate per parameter group, scaled for ``batch_size``
+    views per step (``batch_scaling``)."""
+    lr_scale, betas = batch_scaling(batch_size)
     lrs = learning_rates(cfg, spatial_lr_scale)
-    groups = [{"params": [getattr(model, name)], "lr": lrs[name], "name": name} for name in PARAM_NAMES]
+    groups = [{"params": [getattr(model, name)], "lr": lrs[name] * lr_scale, "name": name}
+              for name in PARAM_NAMES]
     fused = model.device.type == "cuda"
-    return torch.optim.Adam(groups, lr=0.0, eps=ADAM_EPS, fused=fused or None)
+    return torch.optim.Adam(groups, lr=0.0, betas=betas, eps=ADAM_EPS, fused=fused or None)
 
 
 # Settings that say how Adam runs on this device, not what it has learnt: a checkpoint keeps its own.

@@ -10,7 +10,8 @@ Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, writes a checkpoint a
 that resumes; a second signal stops at once.
 
 Exit codes: 0 done, 2 bad input (scene, config, checkpoint, run folder), 3 the loss became NaN/Inf,
-130 / 143 stopped by SIGINT / SIGTERM.
+130 / 143 stopped by SIGINT / SIGTERM, 4 (torchrun) another rank died or stopped answering within
+--dist_timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger("gs_trainer")
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_RANK_LOST = 4
 #: files and folders that mark a folder as holding a run (ours or the original trainer's)
 RUN_MARKERS = ("config.yaml", "cfg_args", "cameras.json", "point_cloud", "chkpnt*.pth", "events.out.tfevents.*")
 
@@ -254,10 +256,16 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
     from .utils_io import remove_temporaries
     from .utils_run import configure_torch
 
-    configure_torch(cfg.run)
-    started = time.perf_counter()
+    from .distributed.comm import launched_distributed
+
     check_run_folder(cfg, overwrite)
     state = read_checkpoint(cfg) if cfg.run.start_checkpoint else None
+    if launched_distributed():   # under torchrun: the Gaussians are sharded over the ranks
+        from .distributed.launch import run_distributed
+        del state                # each rank reads its own shard of it
+        return run_distributed(cfg)
+    configure_torch(cfg.run)
+    started = time.perf_counter()
     trainer = build_trainer(cfg, state)
     scene = trainer.scene
     if atomics_given:
@@ -296,6 +304,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
 
 def main(argv: Optional[list[str]] = None) -> int:
     from .data.errors import SceneError
+    from .distributed.comm import RankLost
     from .model import PlyError
     from .trainer import TrainingDiverged, TrainingInterrupted
 
@@ -315,6 +324,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         except TrainingDiverged as err:
             print(f"gs-train: error: {err}", file=sys.stderr)
             return EXIT_DIVERGED
+        except RankLost as err:
+            print(f"gs-train: error: {err}", file=sys.stderr)
+            return EXIT_RANK_LOST
         except TrainingInterrupted as stop:
             name = signal.Signals(stop.signum).name
             print(f"gs-train: {name}: stopped after iteration {stop.iteration}, checkpoint {stop.checkpoint}; "

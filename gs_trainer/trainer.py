@@ -28,7 +28,7 @@ from .densify import DensifyStrategy
 from .losses import gaussian_splatting_loss
 from .metrics import image_metrics
 from .model import GaussianModel
-from .optim import load_optimizer_state, make_optimizer, position_lr_schedule, set_position_lr
+from .optim import batch_scaling, load_optimizer_state, make_optimizer, position_lr_schedule, set_position_lr
 from .renderer import render
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class Trainer:
             raise ValueError("the scene has no training cameras")
         self.model = model or GaussianModel.from_points(scene.points, scene.colors, cfg.model.sh_degree, self.device)
         self.extent = float(scene.extent)
-        self.optimizer = make_optimizer(self.model, cfg.optim, self.extent)
+        self.batch_size = self.resolve_batch_size(cfg.optim.batch_size)
+        self.lr_scale = batch_scaling(self.batch_size)[0]
+        self.optimizer = make_optimizer(self.model, cfg.optim, self.extent, self.batch_size)
         self.position_lr = position_lr_schedule(cfg.optim, self.extent)
         self.strategy = DensifyStrategy(cfg.densify, self.extent)
         self.strategy.reset_stats(self.model.num_gaussians, self.device)
@@ -123,7 +125,7 @@ class Trainer:
         if problem:
             raise ValueError(problem)
         self.model = GaussianModel.from_state(state["model"], self.device)
-        self.optimizer = make_optimizer(self.model, self.cfg.optim, self.extent)
+        self.optimizer = make_optimizer(self.model, self.cfg.optim, self.extent, self.batch_size)
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.strategy.load_state(state["densify"], self.device)
         # Generator states must be CPU ByteTensors, also for a CUDA generator; a checkpoint loaded with
@@ -167,38 +169,62 @@ class Trainer:
         r = self.cfg.run
         return render(self.model, camera, bg, atomics=r.atomics, balance_threshold=r.balance_threshold)
 
+    def resolve_batch_size(self, batch_size: int) -> int:
+        """Views per step: ``--batch_size``, where 0 means one view per rank (1 on a single process)."""
+        return batch_size or 1
+
     def step(self, iteration: int):
-        """One full training iteration.  Returns (loss, l1, image, camera) with tensors left on device."""
-        loss, l1, image, camera, out = self.forward_backward(iteration)
-        self.densify_and_step(iteration, out, camera)
+        """One full training iteration over a batch of views (``--batch_size``, losses averaged).
+        Returns (loss, l1, image, camera): the batch's mean losses and the first view's image and camera,
+        tensors left on device."""
+        loss, l1, image, camera, outs = self.forward_backward(iteration)
+        self.densify_and_step(iteration, outs)
         return loss, l1, image, camera
 
     def forward_backward(self, iteration: int):
-        """Render a training view, the loss and its gradients (no parameter changes yet).
+        """Render the step's training views, their losses and gradients (no parameter changes yet).
 
-        Returns (loss, l1, image, camera, raster output) with tensors left on device.
+        Returns (mean loss, mean l1, first image, first camera, [(raster output, width, height)] per view)
+        with tensors left on device.
         """
         cfg = self.cfg
-        set_position_lr(self.optimizer, self.position_lr(iteration))
+        set_position_lr(self.optimizer, self.position_lr(iteration) * self.lr_scale)
         self.model.update_sh_degree(iteration, cfg.model.sh_increase_interval)
-        camera = self.next_camera()
-        out = self.render(camera, self.background())
-        image = out.image
-        if getattr(camera, "alpha_mask", None) is not None:
-            image = image * camera.alpha_mask
-        loss, l1 = gaussian_splatting_loss(image, camera.image, cfg.optim.lambda_dssim)
-        self.strategy.pre_backward(out)
-        loss.backward()
-        if self.device.type != "cuda":   # free on the CPU: stop before a NaN reaches the parameters
-            self.check_finite(loss, iteration)
-        return loss.detach(), l1.detach(), image.detach(), camera, out
+        views = [(self.next_camera(), self.background()) for _ in range(self.batch_size)]
+        return self.render_backward(views, iteration)
 
-    def densify_and_step(self, iteration: int, out, camera) -> None:
-        """Densification statistics and schedule, then the Adam step."""
-        self.strategy.post_backward(iteration, self.model, self.optimizer, out, camera.width, camera.height,
-                                    white_background=self.cfg.model.white_background, generator=self.gen)
+    def densify_and_step(self, iteration: int, outs) -> None:
+        """Densification statistics (every view of the batch) and schedule, then the Adam step."""
+        self.strategy.post_backward_batch(iteration, self.model, self.optimizer, outs, grad_scale=self.batch_size,
+                                          white_background=self.cfg.model.white_background, generator=self.gen)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def render_backward(self, views, iteration: int):
+        """Render each (camera, background) of the batch, backward its loss / B (one graph alive at a time).
+        Returns (mean loss, mean l1, first image, first camera, [(out, width, height)] for densification)."""
+        b = len(views)
+        loss_sum = l1_sum = 0.0
+        first, outs = None, []
+        for camera, bg in views:
+            out = self.render(camera, bg)
+            image = out.image
+            if getattr(camera, "alpha_mask", None) is not None:
+                image = image * camera.alpha_mask
+            loss, l1 = gaussian_splatting_loss(image, camera.image, self.cfg.optim.lambda_dssim)
+            self.strategy.pre_backward(out)
+            (loss if b == 1 else loss / b).backward()
+            if self.device.type != "cuda":   # free on the CPU: stop before a NaN reaches the parameters
+                self.check_finite(loss, iteration)
+            loss_sum, l1_sum = loss_sum + loss.detach(), l1_sum + l1.detach()
+            outs.append((out, camera.width, camera.height))
+            if first is None:
+                first = (image.detach(), camera)
+        return loss_sum / b, l1_sum / b, first[0], first[1], outs
+
+    def num_gaussians(self) -> int:
+        """Gaussians of the whole model (the sharded trainer sums its shards)."""
+        return self.model.num_gaussians
 
     def check_finite(self, loss: torch.Tensor, iteration: int) -> None:
         value = float(loss.detach())
@@ -223,7 +249,7 @@ class Trainer:
         t_last, it_last = time.perf_counter(), start - 1
         results: dict = {}
         for iteration in range(start, total + 1):
-            loss, l1, image, camera, out = self.forward_backward(iteration)
+            loss, l1, image, camera, outs = self.forward_backward(iteration)
             bad |= ~torch.isfinite(loss)
             ema = loss if ema is None else EMA_WEIGHT * loss + (1 - EMA_WEIGHT) * ema
             due = iteration in save_at or iteration in test_at or iteration in ckpt_at
@@ -234,7 +260,7 @@ class Trainer:
                 iter_ms = 1000.0 * (now - t_last) / max(iteration - it_last, 1)
                 t_last, it_last = now, iteration
                 train_psnr = float(image_metrics(image, camera.image)["PSNR"])
-                n = self.model.num_gaussians
+                n = self.num_gaussians()
                 bar.set_postfix(loss=f"{float(ema):.4f}", psnr=f"{train_psnr:.2f}", gaussians=n)
                 for tag, value in (("train/loss", float(loss)), ("train/l1", float(l1)),
                                    ("train/psnr", train_psnr), ("train/num_gaussians", n),
@@ -249,11 +275,11 @@ class Trainer:
                 results = self.evaluate(iteration)
             if iteration in save_at:
                 path = self.sink.save_gaussians(self.model, iteration)
-                log.info("[ITER %d] saved %d Gaussians to %s", iteration, self.model.num_gaussians, path)
+                log.info("[ITER %d] saved %d Gaussians to %s", iteration, self.num_gaussians(), path)
             pause = time.perf_counter() - paused
-            self.densify_and_step(iteration, out, camera)
+            self.densify_and_step(iteration, outs)
             self.iteration = iteration
-            del out
+            del outs
             stopping = self.stop_requested is not None and iteration < total
             if iteration in ckpt_at or stopping:
                 paused = time.perf_counter()
