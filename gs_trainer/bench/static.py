@@ -600,10 +600,11 @@ def format_report(result: dict) -> str:
                 continue
             r, p = v["resources"], v["paths"]
             n = lambda c: f"{p[c]['n']}" if p.get(c) else "-"  # noqa: E731
+            skip = n("skip") if result.get("skip_positions_walked", True) else "0"
             worst = p.get("reduce") or p.get("own") or {}
             spill = r.get("spill_stores", 0) + r.get("spill_loads", 0)
             row = (f"{pol:9} {r.get('registers', '?'):>4} {spill:>5} {r.get('smem', 0):>6} {r.get('blocks_per_sm', '?'):>6} "
-                   f"{r.get('occupancy', 0):>6.1%} | {n('skip'):>4} {n('none'):>4} {n('own'):>4} {n('reduce'):>6} | "
+                   f"{r.get('occupancy', 0):>6.1%} | {skip:>4} {n('none'):>4} {n('own'):>4} {n('reduce'):>6} | "
                    f"{worst.get('shfl', 0):>4} {max((p[c] or {}).get('atom_global', 0) for c in p):>5} "
                    f"{max((p[c] or {}).get('atom_shared', 0) for c in p):>5} {max((p[c] or {}).get('cas', 0) for c in p):>3}")
             m = v.get("model")
@@ -612,7 +613,7 @@ def format_report(result: dict) -> str:
                 row += f" | {m['issues']:>16,} {vs:>8} {m['global_atomics_per_active_step']:>14.2f}"
             lines.append(row)
     lines.append("")
-    lines.append("paths: skip = a position past the warp's last contributor; none = no lane contributes; own = "
+    lines.append("paths: skip = a position past the warp's last contributor (0: not walked); none = no lane contributes; own = "
                  "contributing lanes issue their own atomics (baseline; distwar/tile below the threshold); "
                  "reduce = warp reduction then lanes 0..8 (warp; distwar/tile at or above it).  shfl/atomG/atomS/"
                  "CAS: SASS instructions on the longest of those paths.  glob.atom/step: lane-level global "
