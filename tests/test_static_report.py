@@ -78,7 +78,7 @@ def test_model_weights_paths_by_the_histogram():
                 "floor": {"paths": {"skip": path(10), "none": path(30), "own": path(100), "reduce": None}}}
     hist = [0] * 33
     hist[0], hist[1], hist[32] = 100, 10, 5
-    steps = {"hist": hist, "past_warp_last": 7, "tile_gaussians": 3}
+    steps = {"hist": hist, "past_warp_last": 7, "tile_gaussians": 3, "tile_reduced_gaussians": 2}
     m = static.model(analysis, steps, {"distwar": 8}, {"baseline": True, "distwar": False, "floor": True})
     assert m["baseline"]["issues"] == 100 * 50 + 15 * 150 + 7 * 10
     assert m["distwar"]["issues"] == 100 * 40 + 10 * 140 + 5 * 200  # skipped positions not walked
@@ -86,6 +86,9 @@ def test_model_weights_paths_by_the_histogram():
     assert m["floor"]["vs_floor"] == 1.0
     assert m["baseline"]["global_atomics"] == 9 * (10 + 5 * 32)
     assert m["distwar"]["global_atomics"] == 9 * 10 + 9 * 5
+    analysis["tile"] = analysis["distwar"]
+    m = static.model(analysis, steps, {"tile": 8}, {})
+    assert m["tile"]["global_atomics"] == 9 * 10 + 9 * 2  # own path below 8 lanes, 2 flushed Gaussians
 
 
 def _tools_or_skip():

@@ -51,6 +51,11 @@ LOOP_START_MARKER = "static-report: the loop starts at the warp's first useful p
 SM_LIMITS = {"90": (65536, 64, 32, 228 * 1024, 1024), "89": (65536, 48, 24, 100 * 1024, 1024),
              "80": (65536, 64, 32, 164 * 1024, 1024), "86": (65536, 48, 16, 100 * 1024, 1024)}
 BLOCK_THREADS = 256
+#: The cases each policy has (the others are infeasible there: a feature-matched path may exist in the
+#: graph, e.g. a contributing lane past warp's "no lane contributes" test, but no warp takes it).
+USED_CASES = {"baseline": ("skip", "none", "own"), "warp": ("skip", "none", "reduce"),
+              "distwar": ("skip", "none", "own", "reduce"), "tile": ("skip", "none", "own", "reduce"),
+              "floor": ("skip", "none", "own")}
 MAX_PATHS = 200_000
 
 
@@ -400,6 +405,11 @@ def classify(blocks: list, paths: list) -> dict:
             "own": own_w[1] if own_w else None, "reduce": red_w[1] if red_w else None}
 
 
+def used_cases(policy: str, cases: dict) -> dict:
+    """``cases`` with the ones ``policy`` cannot take set to None."""
+    return {c: (v if c in USED_CASES.get(policy, cases) else None) for c, v in cases.items()}
+
+
 def analyse_sass(sass: str) -> dict:
     """{policy: {"paths": {case: counts}, "loop_blocks": k, "loop_instructions": n}}."""
     out = {}
@@ -410,7 +420,7 @@ def analyse_sass(sass: str) -> dict:
         blocks = build_cfg(lines)
         header, body = find_gaussian_loop(blocks)
         paths = loop_paths(blocks, header, body)
-        out[pol] = {"paths": classify(blocks, paths), "loop_blocks": len(body), "loop_paths": len(paths),
+        out[pol] = {"paths": used_cases(pol, classify(blocks, paths)), "loop_blocks": len(body), "loop_paths": len(paths),
                     "loop_instructions": sum(len(blocks[b].ops) for b in body),
                     "kernel_instructions": sum(len(b.ops) for b in blocks)}
     return out
@@ -419,13 +429,14 @@ def analyse_sass(sass: str) -> dict:
 # ------------------------------------------------------------------------------------------------------
 # the scene's steps
 
-def step_classes(scene, max_threshold: int = 33) -> dict:
+def step_classes(scene, threshold: int = 8) -> dict:
     """Exact counts of the backward kernel's (warp, Gaussian) steps by kind, from the reference.
 
     Returns {"hist": [33] lane histogram of the walked steps (positions below the warp's last contributor),
     "past_warp_last": steps at or past the warp's last contributor but before the block's (walked by a kernel
     that does not start each warp at its first useful position), "tile_gaussians": (tile, Gaussian) pairs
-    with at least one contributing lane (tile's global flushes)}.
+    with at least one contributing lane, "tile_reduced_gaussians": those where at least one warp has
+    ``threshold`` lanes or more (tile's chunk flushes: one global atomic per value)}.
     """
     import torch
     from cuda_rasterizer.lane_profile import NUM_BINS, lane_counts_of_tile
@@ -435,7 +446,7 @@ def step_classes(scene, max_threshold: int = 33) -> dict:
     s = scene.settings
     hist = torch.zeros(NUM_BINS, dtype=torch.int64)
     past = 0
-    tile_pairs = 0
+    tile_pairs = tile_reduced = 0
     with torch.no_grad():
         proj = project_gaussians(means, scales, rots, opac, shs, None, s)
         ids, ranges = bin_gaussians(proj, s)
@@ -457,7 +468,9 @@ def step_classes(scene, max_threshold: int = 33) -> dict:
                 hist += torch.bincount(counts[walked], minlength=NUM_BINS)
                 past += int((block_last - warp_last).sum())
                 tile_pairs += int(nz.any(dim=0).sum())
-    return {"hist": hist.tolist(), "past_warp_last": past, "tile_gaussians": tile_pairs}
+                tile_reduced += int((counts >= threshold).any(dim=0).sum())
+    return {"hist": hist.tolist(), "past_warp_last": past, "tile_gaussians": tile_pairs,
+            "tile_reduced_gaussians": tile_reduced, "threshold": threshold}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -504,8 +517,9 @@ def model(analysis: dict, steps: dict, thresholds: dict, skips_walked: dict) -> 
             glob = 9 * sum(n for k, n in enumerate(hist) if k >= 1)
         elif pol == "distwar":
             glob = sum(9 * (1 if k >= thr else k) * n for k, n in enumerate(hist) if k >= 1)
-        elif pol == "tile":
-            glob = 9 * steps["tile_gaussians"]
+        elif pol == "tile":  # below the threshold as distwar; above it one flush per (Gaussian, tile)
+            glob = (sum(9 * k * n for k, n in enumerate(hist) if 1 <= k < thr)
+                    + 9 * steps.get("tile_reduced_gaussians", 0))
         else:
             glob = 0
         active = sum(n for k, n in enumerate(hist) if k >= 1)
@@ -555,7 +569,7 @@ def static_report(scene=None, archs=DEFAULT_ARCHS, csrc: Optional[Path] = None, 
                 per[pol] = {"resources": r, **analysis.get(pol, {})}
             result["archs"][arch] = per
     if scene is not None:
-        steps = step_classes(scene)
+        steps = step_classes(scene, threshold)
         result["steps"] = steps
         thr = {"distwar": threshold, "tile": threshold}
         for arch, per in result["archs"].items():
@@ -585,7 +599,8 @@ def format_report(result: dict) -> str:
                      f"(mean {sum(k * n for k, n in enumerate(h)) / max(active, 1):.2f} lanes), "
                      f"{steps['past_warp_last']:,} past the warp's last contributor "
                      f"({'walked' if result['skip_positions_walked'] else 'not walked'}), "
-                     f"{steps['tile_gaussians']:,} (tile, Gaussian) pairs")
+                     f"{steps['tile_gaussians']:,} (tile, Gaussian) pairs with a contributor, "
+                     f"{steps.get('tile_reduced_gaussians', 0):,} with a warp of >= {steps.get('threshold', '?')} lanes")
     for arch, per in result["archs"].items():
         lines.append("")
         lines.append(f"sm_{arch}: per-Gaussian loop of render_backward_kernel<policy>, instructions per warp step")
@@ -617,5 +632,8 @@ def format_report(result: dict) -> str:
                  "contributing lanes issue their own atomics (baseline; distwar/tile below the threshold); "
                  "reduce = warp reduction then lanes 0..8 (warp; distwar/tile at or above it).  shfl/atomG/atomS/"
                  "CAS: SASS instructions on the longest of those paths.  glob.atom/step: lane-level global "
-                 "atomics per (warp, Gaussian) step with a contributor (tile: its per-batch flushes).")
+                 "atomics per (warp, Gaussian) step with a contributor (tile: its own-path atomics and its "
+                 "flushes, one per (Gaussian, tile, value) that a warp reduced).  Modelled issues: the loop's "
+                 "instructions summed over the scene's steps; atomics, latency and tile's per-chunk flush "
+                 "(outside the loop) are not priced.")
     return "\n".join(lines)
