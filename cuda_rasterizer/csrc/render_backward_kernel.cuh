@@ -15,22 +15,26 @@ __device__ __forceinline__ int warp_max(int v) {
     return v;
 }
 
-// __launch_bounds__'s minimum blocks of 256 per SM.  sm_90: 5, which caps every policy at 48 registers
-// without spills (62.5% occupancy instead of 37.5-50%, for 8-14 more instructions on the loop's paths;
-// docs/BENCHMARKS.md has the A/B).  Elsewhere 1 (on sm_89 the cap spills).  -DGSR_BACKWARD_MIN_BLOCKS=N
-// overrides it (gs-bench --static --static-flags=-DGSR_BACKWARD_MIN_BLOCKS=1 for the uncapped build).
-#ifndef GSR_BACKWARD_MIN_BLOCKS
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-#define GSR_BACKWARD_MIN_BLOCKS 5
+// __launch_bounds__'s minimum blocks of 256 per SM.  sm_90: 5 for every policy, which caps it at 48
+// registers without spills (62.5% occupancy instead of 37.5-50%, for 5-18 more instructions on the loop's
+// paths; docs/BENCHMARKS.md has the A/B).  Elsewhere 5 for baseline and floor only (the reducing policies
+// spill under the cap on sm_89), 1 for the others.  -DGSR_BACKWARD_MIN_BLOCKS=N sets N for every policy
+// (gs-bench --static --static-flags=-DGSR_BACKWARD_MIN_BLOCKS=1 for the uncapped build).
+template <int Mode>
+constexpr int backward_min_blocks() {
+#if defined(GSR_BACKWARD_MIN_BLOCKS)
+    return GSR_BACKWARD_MIN_BLOCKS;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+    return 5;
 #else
-#define GSR_BACKWARD_MIN_BLOCKS 1
+    return (Mode == kBaseline || Mode == kFloor) ? 5 : 1;
 #endif
-#endif
+}
 
 // static-report: the loop starts at the warp's first useful position (gs_trainer/bench/static.py reads
 // this line: positions at or past a warp's last contributor are never walked, so they cost it nothing).
 template <int Mode>
-__global__ void __launch_bounds__(kBlockSize, GSR_BACKWARD_MIN_BLOCKS)
+__global__ void __launch_bounds__(kBlockSize, backward_min_blocks<Mode>())
 render_backward_kernel(Camera cam, RenderParams p, int threshold) {
     using Acc = Accumulator<Mode>;
     const TilePixel tp = tile_pixel(cam, p);  // plain variables, not structured bindings: walk() captures them
