@@ -19,10 +19,11 @@ import torch
 
 #: Gradient-accumulation policies of the CUDA backward pass (see csrc/atomics.cuh).
 #: ``baseline``: one global atomicAdd per contributing lane (the original rasterizer);
-#: ``warp``: butterfly reduction over the warp, then one atomic per warp;
+#: ``warp``: reduction over the warp (a reduce-scatter of the 9 values), then one atomic per warp and value;
 #: ``distwar``: DISTWAR's balanced scheme (reduce in registers when at least ``balance_threshold``
 #: lanes contribute, otherwise direct L2 atomics from the contributing lanes);
-#: ``tile``: warp partials gathered in shared memory, one global atomic per Gaussian per tile.
+#: ``tile``: like ``distwar``, but a reducing warp's sums go to its own shared-memory slot and the block
+#: adds the 8 warps' slots together: one global atomic per Gaussian per tile and chunk of 32 Gaussians.
 ATOMICS_MODES = ("baseline", "warp", "distwar", "tile")
 DEFAULT_ATOMICS = "distwar"
 DEFAULT_BALANCE_THRESHOLD = 8

@@ -3,7 +3,8 @@
 # accumulation policies, print a short summary.
 #
 #   bash scripts/gpu_check.sh            # from the repository root (or anywhere: it cds there)
-#   GPU_CHECK_FULL=1 bash scripts/gpu_check.sh   # also time 1M Gaussians at 1920x1080
+#   GPU_CHECK_FULL=1 bash scripts/gpu_check.sh   # also time 1M Gaussians at 1920x1080, and run the full
+#                                                # gs-bench there (every policy, the floor, the threshold sweep)
 #
 # Works offline: pure-Python wheels the machine lacks (plyfile) are installed from the git-ignored .whl/
 # folder when present (pip install --no-index --target /tmp/site).  The full log goes to $OUT/gpu_check.log
@@ -47,6 +48,12 @@ if [ "$BUILD" != "FAILED" ]; then
     TESTS="$(tail -n 1 "$LOGDIR/gpu_tests.txt") (exit $rc)"
     [ "$rc" -eq 0 ] || TESTS="FAILED: $TESTS"
 fi
+echo "== this machine's nvcc: the backward kernel's atomics in PTX, and the static report (no GPU needed)"
+"$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_ptx_atomics.py 2>&1 | tee "$LOGDIR/ptx_tests.txt"
+rc=${PIPESTATUS[0]}
+PTX="$(tail -n 1 "$LOGDIR/ptx_tests.txt") (exit $rc)"
+[ "$rc" -eq 0 ] || PTX="FAILED: $PTX"
+timeout 300 "$PY" -m gs_trainer.bench --static --static-archs 90 --out "$LOGDIR/static" || echo "gs-bench --static exited with $?"
 HAS_GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 # On a GPU machine a skipped CUDA test means the extension did not load or a check did not run: a failure.
 if [ "$HAS_GPU" = "1" ] && grep -q "skipped" <<<"$TESTS"; then
@@ -97,15 +104,23 @@ EOF
     if [ -f gs_trainer/bench/cli.py ]; then
         echo "== gs-bench --quick"
         timeout 300 "$PY" -m gs_trainer.bench --quick --no-plots --out "$LOGDIR/bench" || echo "gs-bench exited with $?"
+        if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
+            # the issue's input: 1M synthetic Gaussians at 1920x1080 (gs-bench's GPU default), every policy,
+            # distwar at thresholds 1 2 4 8 12 16 24 32, tile, the floor, both lane histograms
+            echo "== gs-bench (1M Gaussians, 1920x1080, every policy, floor, threshold sweep)"
+            timeout 900 "$PY" -m gs_trainer.bench --synthetic 1000000 --width 1920 --height 1080 --gsplat off \
+                --out "$LOGDIR/bench_full" || echo "gs-bench exited with $?"
+        fi
     fi
 fi
 
 echo "== summary"
 echo "build:  $BUILD"
 echo "tests:  $TESTS"
+echo "ptx:    $PTX"
 echo "timing: $TIMING"
 echo "log:    $LOG"
-case "$BUILD $TESTS" in *FAILED*) exit 1 ;; esac
+case "$BUILD $TESTS $PTX" in *FAILED*) exit 1 ;; esac
 if [ "$HAS_GPU" != "1" ]; then
     echo "NO GPU: the extension was built, but no kernel ran and nothing was timed; this is not a pass."
     exit 1

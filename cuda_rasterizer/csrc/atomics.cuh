@@ -1,28 +1,33 @@
 // Gradient-accumulation policies of the backward render kernel, selected at run time and passed to the
 // kernel as a template parameter.
 //
-// The kernel calls Accumulator<Mode>::add(j, gid, contrib, g) once per (pixel thread, Gaussian j of the
-// shared batch) with g the 9 gradient values (zeros when contrib is false).  Contract: every one of the
-// 32 lanes of a warp makes the same sequence of add() calls (pixels past the image edge, pixels already
-// past their last contributor and non-contributing pairs all call with contrib = false), so the
-// full-mask warp intrinsics below see all 32 lanes.
+// The kernel calls Accumulator<Mode>::add(j, gid, contrib, g, ...) once per (pixel thread, Gaussian j of
+// the shared batch), with g the 9 gradient values, valid only where contrib is true (g is not zeroed for
+// the other lanes: a policy that sums over the warp selects 0 for them, on its reduce path only).
+// Contract: every one of the 32 lanes of a warp makes the same sequence of add() calls (pixels past the
+// image edge, pixels already past their last contributor and non-contributing pairs all call with
+// contrib = false), so the full-mask warp intrinsics below see all 32 lanes.
 //
 //   kBaseline  every contributing lane does its own 9 global atomicAdds (the original rasterizer).
-//   kWarp      a shuffle butterfly sums the 9 values over the warp (every lane ends with all 9 sums);
-//              when at least one lane contributed, lanes 0..8 each issue one of the 9 atomics (one
-//              instruction for the warp instead of 9 serial ones from a single lane).
+//   kWarp      ballot first: no lane contributes, nothing to do; otherwise a reduce-scatter over the warp
+//              (12 shuffles, reduce_scatter9) leaves the sum of value L in lane L < 9, and lanes 0..8 each
+//              issue one atomic (one instruction for the warp instead of 9 serial ones from a single lane).
 //   kDistwar   DISTWAR: count the contributing lanes (ballot, popc); none: skip; at least `threshold`:
-//              butterfly, then lanes 0..8 issue one atomic each; fewer: the contributing lanes issue
+//              reduce-scatter, then lanes 0..8 issue one atomic each; fewer: the contributing lanes issue
 //              their own atomics (served by L2).
-//   kTile      DISTWAR's choice per warp, but into a shared-memory accumulator per Gaussian of the
-//              batch (after a butterfly, lanes 0..8 add one value each); after the batch, one thread per
-//              Gaussian issues 9 global atomics: one global atomic per (Gaussian, tile, value) instead of
-//              one per (Gaussian, warp, value).
+//   kTile      distwar's choice per warp, but a reducing warp does not issue global atomics: lanes 0..8
+//              store its 9 sums, with plain stores, into the warp's own shared slot for that Gaussian (no
+//              shared atomics, so no compare-and-swap loops), and after every chunk of kTileChunk Gaussians
+//              the block sums the 8 warps' slots and issues one global atomic per (Gaussian, tile, value)
+//              that any warp reduced.  Below the threshold the contributing lanes add to global memory as
+//              distwar does.
 //   kFloor     no atomics and, in measurement, no stores: the 9 values are folded into one sum, stored
 //              (per thread, to a dummy slot) only when |sum| > sinks.floor_store_above, a run-time value
 //              that the glue sets to +inf (never true, not even for NaN).  The compiler cannot know it,
 //              so the gradient math stays; no store traffic inflates the floor (results wrong; the
 //              benchmark's lower bound; never reachable from rasterize_gaussians).
+//
+// Every policy sums the same float terms; only the order of the sums differs.
 #pragma once
 
 #include "rasterizer.h"
@@ -30,6 +35,8 @@
 namespace gsr {
 
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarpsPerBlock = kBlockSize / 32;
+constexpr int kTileChunk = 32;  // tile: Gaussians per shared-slot round (8 warps x 32 x 9 floats = 9 KiB)
 
 struct GradSinks {
     float* means2d;    // [N, 2]
@@ -40,12 +47,18 @@ struct GradSinks {
     float floor_store_above;  // kFloor: store to dummy only when |sum of the 9| > this (+inf: never)
 };
 
-// Address of gradient value k (0..8, the order of global_add9) of Gaussian gid.
-__device__ __forceinline__ float* sink_addr(const GradSinks& s, int k, int gid) {
-    if (k < 2) return s.means2d + 2 * gid + k;
-    if (k < 5) return s.conics + 3 * gid + (k - 2);
-    if (k == 5) return s.opacities + gid;
-    return s.colors + 3 * gid + (k - 6);
+// Where gradient value k (0..8, the order of global_add9) of every Gaussian lives: sink(k) + stride(k) * gid.
+// The reducing policies compute it once per thread (lane k), not per step.
+struct LaneSink {
+    float* base;  // lanes 9..31: colors (never used)
+    int stride;
+};
+
+__device__ __forceinline__ LaneSink lane_sink(const GradSinks& s, int k) {
+    if (k < 2) return LaneSink{s.means2d + k, 2};
+    if (k < 5) return LaneSink{s.conics + (k - 2), 3};
+    if (k == 5) return LaneSink{s.opacities, 1};
+    return LaneSink{s.colors + (k < kGradValues ? k - 6 : 0), 3};  // lanes 9..31: never used
 }
 
 __device__ __forceinline__ void global_add9(const GradSinks& s, int gid, const float* g) {
@@ -60,29 +73,46 @@ __device__ __forceinline__ void global_add9(const GradSinks& s, int gid, const f
     atomicAdd(s.colors + 3 * gid + 2, g[8]);
 }
 
-// Butterfly sum over the 32 lanes; every lane ends with the total.  All 32 lanes must call it.
-__device__ __forceinline__ void warp_sum9(float (&v)[kGradValues]) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-        for (int k = 0; k < kGradValues; ++k) v[k] += __shfl_xor_sync(kFullMask, v[k], offset);
-    }
+// One exchange of a reduce-scatter step: the lane keeps `lo` when `hi_side` is false and `hi` otherwise,
+// sends the other one to lane ^ offset and adds what that lane sent (its copy of the value kept here).
+__device__ __forceinline__ float exchange(float lo, float hi, bool hi_side, int offset) {
+    const float send = hi_side ? lo : hi;
+    const float keep = hi_side ? hi : lo;
+    return keep + __shfl_xor_sync(kFullMask, send, offset);
 }
 
-// After warp_sum9 every lane holds the 9 sums: lane k < 9 picks sum k and its address (selects in
-// registers: k is a constant in the unrolled loop) and the 9 lanes issue their atomics together.  Called by
-// all 32 lanes under a warp-uniform condition.
-__device__ __forceinline__ void lanes_add9(const GradSinks& s, int gid, int lane, const float (&v)[kGradValues]) {
-    float mine = 0.f;
-    float* addr = nullptr;
+// Reduce-scatter of the 9 values over the 32 lanes (v: this lane's values, 0 for a non-contributing lane).
+// Returns, in lane L < 9, the warp's sum of value L; other lanes get partial sums, to be ignored.  Recursive
+// halving over lane bits 0..4: 5 + 3 + 2 + 1 + 1 = 12 shuffles (a butterfly of all 9 values costs 45).
+//   bit 0: even lanes keep values 0,2,4,6,8, odd lanes 1,3,5,7 (value 8's pair sum is formed by both);
+//   bit 1: slots (0,2 | 1,3) split again, slot 4 (value 8) summed;  bit 2: likewise;  bit 3: lanes with
+//   bit 3 set keep value 8 (the only value of a lane 8 + 16m), the others their value 0..7;  bit 4: sum.
+// All 32 lanes must call it (warp-uniform condition).
+__device__ __forceinline__ float reduce_scatter9(const float (&v)[kGradValues], int lane) {
+    const bool b0 = lane & 1, b1 = lane & 2, b2 = lane & 4, b3 = lane & 8;
+    // bit 0: pairs (0,1) (2,3) (4,5) (6,7), then value 8
+    const float a0 = exchange(v[0], v[1], b0, 1);
+    const float a1 = exchange(v[2], v[3], b0, 1);
+    const float a2 = exchange(v[4], v[5], b0, 1);
+    const float a3 = exchange(v[6], v[7], b0, 1);
+    const float a4 = v[8] + __shfl_xor_sync(kFullMask, v[8], 1);
+    // bit 1: slots (a0, a1) (a2, a3), then a4
+    const float c0 = exchange(a0, a1, b1, 2);
+    const float c1 = exchange(a2, a3, b1, 2);
+    const float c2 = a4 + __shfl_xor_sync(kFullMask, a4, 2);
+    // bit 2: slots (c0, c1), then c2
+    const float d0 = exchange(c0, c1, b2, 4);
+    const float d1 = c2 + __shfl_xor_sync(kFullMask, c2, 4);
+    // bit 3: value L & 7 (bit 3 clear) or value 8 (bit 3 set)
+    const float e0 = exchange(d0, d1, b3, 8);
+    return e0 + __shfl_xor_sync(kFullMask, e0, 16);
+}
+
+__device__ __forceinline__ float reduce_to_lanes(bool contrib, const float (&g)[kGradValues], int lane) {
+    float v[kGradValues];
 #pragma unroll
-    for (int k = 0; k < kGradValues; ++k) {
-        if (lane == k) {
-            mine = v[k];
-            addr = sink_addr(s, k, gid);
-        }
-    }
-    if (lane < kGradValues) atomicAdd(addr, mine);
+    for (int k = 0; k < kGradValues; ++k) v[k] = contrib ? g[k] : 0.f;
+    return reduce_scatter9(v, lane);
 }
 
 template <int Mode>
@@ -91,8 +121,10 @@ struct Accumulator;
 template <>
 struct Accumulator<kBaseline> {
     static constexpr int kSharedFloats = 0;
+    static constexpr int kChunk = kBlockSize;
     GradSinks sinks;
-    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues]) const {
+    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues], int, float*,
+                                        int*) const {
         if (contrib) global_add9(sinks, gid, g);
     }
 };
@@ -100,86 +132,99 @@ struct Accumulator<kBaseline> {
 template <>
 struct Accumulator<kWarp> {
     static constexpr int kSharedFloats = 0;
-    GradSinks sinks;
+    static constexpr int kChunk = kBlockSize;
+    LaneSink mine;  // lane L < 9: where value L goes
     int lane;
-    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues]) const {
-        const bool any = __any_sync(kFullMask, contrib);
-        float v[kGradValues];
-#pragma unroll
-        for (int k = 0; k < kGradValues; ++k) v[k] = g[k];
-        warp_sum9(v);
-        if (any) lanes_add9(sinks, gid, lane, v);  // `any` is warp-uniform
+    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues], int, float*,
+                                        int*) const {
+        if (!__any_sync(kFullMask, contrib)) return;  // warp-uniform
+        const float sum = reduce_to_lanes(contrib, g, lane);
+        if (lane < kGradValues) atomicAdd(mine.base + mine.stride * gid, sum);
     }
 };
 
 template <>
 struct Accumulator<kDistwar> {
     static constexpr int kSharedFloats = 0;
+    static constexpr int kChunk = kBlockSize;
     GradSinks sinks;
+    LaneSink mine;
     int lane;
     int threshold;
-    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues]) const {
+    __device__ __forceinline__ void add(int, int gid, bool contrib, const float (&g)[kGradValues], int, float*,
+                                        int*) const {
         const unsigned mask = __ballot_sync(kFullMask, contrib);
         if (mask == 0) return;                       // warp-uniform
         if (__popc(mask) >= threshold) {             // warp-uniform
-            float v[kGradValues];
-#pragma unroll
-            for (int k = 0; k < kGradValues; ++k) v[k] = g[k];
-            warp_sum9(v);
-            lanes_add9(sinks, gid, lane, v);
+            const float sum = reduce_to_lanes(contrib, g, lane);
+            if (lane < kGradValues) atomicAdd(mine.base + mine.stride * gid, sum);
         } else if (contrib) {
             global_add9(sinks, gid, g);
         }
     }
 };
 
+// Shared memory of kTile (declared by the kernel, passed to add() and tile_flush() as arguments, never
+// stored in the accumulator: a struct mixing global and shared pointers is what CUDA 13.0 miscompiled):
+//   slots [kWarpsPerBlock][kTileChunk][9]  a reducing warp's 9 sums for Gaussian j of the chunk
+//   tags  [kWarpsPerBlock][kTileChunk]     the chunk tag the slot was written for (stale slots are ignored,
+//                                          so nothing is zeroed per chunk)
 template <>
 struct Accumulator<kTile> {
-    static constexpr int kSharedFloats = kBlockSize * kGradValues;
+    static constexpr int kSharedFloats = kWarpsPerBlock * kTileChunk * kGradValues;
+    static constexpr int kSharedTags = kWarpsPerBlock * kTileChunk;
+    static constexpr int kChunk = kTileChunk;
     GradSinks sinks;
     int lane;
+    int warp;
     int threshold;
-    float* acc;      // shared [kBlockSize, 9]: the batch's per-Gaussian sums
-    int* touched;    // shared [kBlockSize]
-    __device__ __forceinline__ void batch_begin(int t) const {
-#pragma unroll
-        for (int k = 0; k < kGradValues; ++k) acc[kGradValues * t + k] = 0.f;
-        touched[t] = 0;
-    }
-    __device__ __forceinline__ void add(int j, int, bool contrib, const float (&g)[kGradValues]) const {
+    __device__ __forceinline__ void add(int j, int gid, bool contrib, const float (&g)[kGradValues], int tag,
+                                        float* slots, int* tags) const {
         const unsigned mask = __ballot_sync(kFullMask, contrib);
         if (mask == 0) return;
-        float* dst = acc + kGradValues * j;
         if (__popc(mask) >= threshold) {
-            float v[kGradValues];
-#pragma unroll
-            for (int k = 0; k < kGradValues; ++k) v[k] = g[k];
-            warp_sum9(v);
-            // lanes 0..8 add one sum each (shared-memory atomics: other warps add to the same Gaussian)
-            float mine = 0.f;
-#pragma unroll
-            for (int k = 0; k < kGradValues; ++k)
-                if (lane == k) mine = v[k];
-            if (lane < kGradValues) atomicAdd(dst + lane, mine);
-            if (lane == 0) atomicOr(touched + j, 1);  // other warps may flag it too: atomic, no race
+            const float sum = reduce_to_lanes(contrib, g, lane);
+            const int slot = warp * kTileChunk + (j % kTileChunk);
+            if (lane < kGradValues) slots[kGradValues * slot + lane] = sum;
+            if (lane == 0) tags[slot] = tag;
         } else if (contrib) {
-#pragma unroll
-            for (int k = 0; k < kGradValues; ++k) atomicAdd(dst + k, g[k]);
-            atomicOr(touched + j, 1);
+            global_add9(sinks, gid, g);
         }
     }
-    // After a __syncthreads that follows the batch: thread t flushes Gaussian t of the batch.
-    __device__ __forceinline__ void batch_end(int t, int batch_n, const int* ids) const {
-        if (t < batch_n && touched[t]) global_add9(sinks, ids[t], acc + kGradValues * t);
-    }
 };
+
+// kTile, after a __syncthreads that follows a chunk [c0, c1) of the batch: the block sums the warps' slots,
+// thread t taking (Gaussian, value) pairs t, t + 256, ...; one global atomic per pair that a warp reduced.
+// sinks are the kernel's own (built from the params in the kernel).
+__device__ __forceinline__ void tile_flush(const GradSinks& sinks, int t, int c0, int c1, int tag, const int* ids,
+                                           const float* slots, const int* tags) {
+    for (int i = t; i < (c1 - c0) * kGradValues; i += kBlockSize) {
+        const int jj = i / kGradValues, k = i - kGradValues * jj;  // j = c0 + jj
+        float sum = 0.f;
+        bool any = false;
+#pragma unroll
+        for (int w = 0; w < kWarpsPerBlock; ++w) {
+            const int slot = w * kTileChunk + ((c0 + jj) % kTileChunk);
+            if (tags[slot] == tag) {
+                sum += slots[kGradValues * slot + k];
+                any = true;
+            }
+        }
+        if (any) {
+            const LaneSink s = lane_sink(sinks, k);
+            atomicAdd(s.base + s.stride * ids[c0 + jj], sum);
+        }
+    }
+}
 
 template <>
 struct Accumulator<kFloor> {
     static constexpr int kSharedFloats = 0;
+    static constexpr int kChunk = kBlockSize;
     GradSinks sinks;
     int t;
-    __device__ __forceinline__ void add(int, int, bool contrib, const float (&g)[kGradValues]) const {
+    __device__ __forceinline__ void add(int, int, bool contrib, const float (&g)[kGradValues], int, float*,
+                                        int*) const {
         if (contrib) {
             float sum = 0.f;  // depends on all 9 values, so none of their math can be dropped
 #pragma unroll

@@ -487,8 +487,8 @@ GSR_HD void pixel_back_init(PixelBackState& st, float T_final) {
 GSR_HD void render_backward_step(PixelBackState& st, const float dpix[3], float bg_dot, float T_final,
                                  float dx, float dy, const float conic[3], float opacity, float G, float alpha,
                                  const float color[3], float out[kGradValues]) {
-    const float one_minus = 1.f - alpha;
-    st.T = st.T / one_minus;
+    const float inv_one_minus = 1.f / (1.f - alpha);  // one reciprocal for both divisions by (1 - alpha)
+    st.T = st.T * inv_one_minus;
     const float w = alpha * st.T;
     float g_alpha = 0.f;
     for (int c = 0; c < 3; ++c) {
@@ -499,7 +499,7 @@ GSR_HD void render_backward_step(PixelBackState& st, const float dpix[3], float 
     }
     g_alpha *= st.T;
     st.last_alpha = alpha;
-    g_alpha += (-T_final / one_minus) * bg_dot;
+    g_alpha += (-T_final * inv_one_minus) * bg_dot;
 
     const float g_G = opacity * g_alpha;
     const float gdx = G * dx, gdy = G * dy;

@@ -3,9 +3,9 @@
 // One 16x16 block per tile, as the forward.  The tile's list is walked back to front in batches staged
 // in shared memory, starting at the largest n_contrib of the block (positions past it are composited by
 // no pixel of the tile).  Each thread rebuilds its transmittance from the saved final value
-// (render_backward_step in math.cuh).  Every thread of the block runs the same loop trip counts; a warp
-// skips a Gaussian only when the skip is warp-uniform, so the policies' full-mask intrinsics see 32
-// converged lanes.
+// (render_backward_step in math.cuh).  Each warp starts a batch at its own first useful position (the
+// positions past its largest n_contrib are never walked), a warp-uniform bound, so the policies' full-mask
+// intrinsics see 32 converged lanes; every thread still reaches every __syncthreads.
 #include "common.cuh"
 #include "render_backward_kernel.cuh"
 

@@ -4,6 +4,7 @@
     gs-bench --quick                             # GPU: 200k Gaussians at 960x540, few repeats (gpu_check.sh)
     gs-bench --ply runs/x/point_cloud.ply --scene data/tabletop --view 0
     gs-bench --device cpu --synthetic 2000 --width 128 --height 96    # the reference path on the CPU
+    gs-bench --static                            # no GPU: registers, occupancy, SASS paths, modelled issues
 
 Writes ``results.json``, ``results.csv`` and PNG charts (``policies.png``, ``threshold_sweep.png``,
 ``lane_histogram.png``) into ``--out`` and prints a table.  See docs/BENCHMARKS.md.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,8 @@ log = logging.getLogger("gs_trainer.bench")
 GPU_DEFAULTS = (1_000_000, 1920, 1080, 10, 50)
 QUICK_DEFAULTS = (200_000, 960, 540, 3, 10)
 CPU_DEFAULTS = (3_000, 160, 120, 1, 3)
+#: --static: the scene whose exact lane counts weight the SASS paths (computed on the CPU by the reference).
+STATIC_DEFAULTS = (30_000, 640, 360, 0, 0)
 DEFAULT_THRESHOLDS = (1, 2, 4, 8, 12, 16, 24, 32)
 QUICK_THRESHOLDS = (8,)
 #: The lane histograms of the counting kernel and of the reference must be identical; on large inputs a
@@ -77,6 +81,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="compare with gsplat where it imports: auto = yes, except under --quick (gsplat "
                           "compiles its CUDA code on first use, minutes); on = also under --quick")
     run.add_argument("--no-plots", action="store_true")
+    st = p.add_argument_group("static analysis (no GPU needed)")
+    st.add_argument("--static", action="store_true",
+                    help="build the backward kernel with the project's nvcc flags, read ptxas's resource use, "
+                         "disassemble it and print per policy the per-Gaussian loop's instruction counts per path, "
+                         "weighted by the scene's exact lane counts (static analysis, not timing)")
+    st.add_argument("--static-archs", nargs="+", default=["90", "89"], metavar="SM",
+                    help="architectures for --static (default 90 89)")
+    st.add_argument("--static-csrc", metavar="DIR", help="--static: kernel sources to analyse (default: the package's)")
+    st.add_argument("--static-threshold", type=int, default=8, help="--static: distwar/tile threshold (default 8)")
+    st.add_argument("--static-flags", default="", help="--static: extra nvcc flags, e.g. \"-maxrregcount=48\"")
     run.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
     run.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -86,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for t in args.thresholds or ():
         if not 1 <= t <= 33:
             p.error(f"--thresholds: {t} is outside 1..33")
+    if not 1 <= args.static_threshold <= 33:
+        p.error(f"--static-threshold: {args.static_threshold} is outside 1..33")
+    for a in args.static_archs:
+        if not re.fullmatch(r"\d{2,3}", a):
+            p.error(f"--static-archs: {a!r} is not an SM number such as 90")
+    if args.static_csrc and not (Path(args.static_csrc) / "render_backward.cu").is_file():
+        p.error(f"--static-csrc: {args.static_csrc} holds no render_backward.cu")
     return args
 
 
@@ -262,10 +283,39 @@ def _print_summary(result: dict) -> None:
     print("written: " + ", ".join(result.get("files", [])))
 
 
+def run_static(args) -> int:
+    """gs-bench --static: the report of gs_trainer.bench.static on the CPU; writes static.json into --out."""
+    import json
+    from . import static
+    scene = build_scene(args, torch.device("cpu"), STATIC_DEFAULTS)
+    try:
+        result = static.static_report(scene, archs=args.static_archs, csrc=args.static_csrc,
+                                      threshold=args.static_threshold, extra_flags=args.static_flags.split())
+    except static.StaticReportUnavailable as err:
+        print(f"gs-bench: {err}", file=sys.stderr)
+        return 2
+    s = scene.settings
+    result["scene"] = dict(scene.source, width=s.image_width, height=s.image_height)
+    text = static.format_report(result)
+    print(f"scene: {scene.source.get('kind')}, {scene.num_gaussians:,} Gaussians, {s.image_width}x{s.image_height}")
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.pop("tools", None)
+    path = out / "static.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(path)
+    print(f"written: {path}")
+    return 0
+
+
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.static:
+        return run_static(args)
     result = run(args)
     _print_summary(result)
     errors = [r["policy"] for r in result["rows"] if r.get("errors")]
