@@ -1,4 +1,4 @@
-"""The public entry point: dispatch on the tensors' device."""
+"""The public entry point: choose a backend, dispatch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,27 @@ from .reference import rasterize_gaussians_reference
 from .settings import ATOMICS_MODES, DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD, RasterOutput, RasterSettings
 
 log = logging.getLogger(__name__)
+
+#: Values of rasterize_gaussians(backend=...).
+BACKENDS = ("auto", "cuda", "cpu", "reference")
+
 _fallback_warned = False
+_cpu_choice_logged = False
+
+
+def _cpu_auto_available() -> bool:
+    """Whether "auto" can use the CPU backend; logs the choice and its reason once per process."""
+    global _cpu_choice_logged
+    from ._cpu_backend import cpu_extension_status
+    reason = cpu_extension_status()
+    if not _cpu_choice_logged:
+        _cpu_choice_logged = True
+        if reason is None:
+            log.info("rasterizer backend for CPU tensors: cpu (the C++ backend built and loaded)")
+        else:
+            log.warning("rasterizer backend for CPU tensors: reference (slow PyTorch), because the C++ CPU "
+                        "backend is unavailable: %s", reason)
+    return reason is None
 
 
 def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Tensor,
@@ -31,11 +51,13 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
         colors_precomp: [N, 3] colours.
         settings: camera and render settings.
         atomics: gradient-accumulation policy of the CUDA backward pass, one of ATOMICS_MODES.
-            Every policy gives the same gradients up to float summation order; the reference ignores it.
+            Every policy gives the same gradients up to float summation order; the CPU backend and the
+            reference ignore it.
         balance_threshold: distwar only: reduce within the warp when at least this many lanes contribute
             (1 = always reduce, 33 = never).
-        backend: "auto" (CUDA tensors -> the extension, CPU tensors -> the reference), "cuda" or
-            "reference".
+        backend: "auto" (CUDA tensors -> the CUDA extension; CPU tensors -> the C++ CPU backend when it
+            builds, else the reference, with one log line saying which and why), "cuda", "cpu" (the C++
+            CPU backend, float32, deterministic for any thread count) or "reference" (pure PyTorch, the oracle).
     Returns:
         RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W]).
     """
@@ -43,8 +65,10 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
         raise ValueError(f"rasterize_gaussians: atomics must be one of {ATOMICS_MODES}, got {atomics!r}")
     if not 1 <= int(balance_threshold) <= 33:
         raise ValueError(f"rasterize_gaussians: balance_threshold must be in 1..33, got {balance_threshold}")
-    if backend not in ("auto", "cuda", "reference"):
-        raise ValueError(f"rasterize_gaussians: backend must be auto, cuda or reference, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"rasterize_gaussians: backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(means, torch.Tensor):
+        raise ValueError(f"rasterize_gaussians: means must be a tensor, got {type(means).__name__}")
     use_cuda = backend == "cuda" or (backend == "auto" and means.is_cuda)
     if use_cuda:
         from ._backend import CudaBackendUnavailable
@@ -60,5 +84,9 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
             if not _fallback_warned:
                 log.warning("CUDA rasterizer unavailable, using the (slow) PyTorch reference: %s", err)
                 _fallback_warned = True
+    elif backend == "cpu" or (backend == "auto" and means.device.type == "cpu" and _cpu_auto_available()):
+        from .cpu_autograd import rasterize_gaussians_cpu
+        return rasterize_gaussians_cpu(means, scales, rotations, opacities, shs, colors_precomp,
+                                       settings=settings)
     return rasterize_gaussians_reference(means, scales, rotations, opacities, shs, colors_precomp,
                                          settings=settings)
