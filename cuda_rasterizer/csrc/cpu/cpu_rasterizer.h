@@ -22,6 +22,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -29,23 +30,42 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #include "../math.cuh"
 
 namespace gsr::cpu {
+
+// Denormal floats flushed to zero for the duration of a stage (and restored, since the threads are torch's):
+// exp() of a far tail gives denormals, which x86 cores compute with 10-100x slower.  Every value that could
+// be denormal is far below what any result depends on (alpha < 1/255 is skipped).  Deterministic.
+struct FlushDenormals {
+#if defined(__SSE__) || defined(__x86_64__)
+    unsigned saved = _mm_getcsr();
+    FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ | DAZ
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
 
 // body(i) for i in [0, n) on `threads` threads, handed out in chunks of `chunk` as threads free up.
 template <class F>
 void parallel_for(int64_t n, int threads, int64_t chunk, const F& body) {
 #ifdef _OPENMP
     if (threads > 1 && n > chunk) {
-#pragma omp parallel for schedule(dynamic, chunk) num_threads(threads)
-        for (int64_t i = 0; i < n; ++i) body(i);
+#pragma omp parallel num_threads(threads)
+        {
+            const FlushDenormals ftz;
+#pragma omp for schedule(dynamic, chunk)
+            for (int64_t i = 0; i < n; ++i) body(i);
+        }
         return;
     }
 #endif
     (void)threads;
     (void)chunk;
+    const FlushDenormals ftz;
     for (int64_t i = 0; i < n; ++i) body(i);
 }
 
@@ -124,8 +144,12 @@ inline void bin(const Camera& cam, const BinningParams& b, const BinOutputs& out
     });
 }
 
-// A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b.
-constexpr int kStaged = 9;
+// A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b, and
+// the power below which the pair cannot reach alpha >= 1/255 (see may_composite).
+constexpr int kStaged = 10;
+// Safety margin of that bound, in units of power (a factor e on alpha): covers any rounding difference
+// between the bound's arithmetic and gaussian_alpha's.
+constexpr float kPowerCutMargin = 1.f;
 
 inline void stage_tile(const RenderParams& p, int start, int count, std::vector<float>& s) {
     s.resize(static_cast<size_t>(count) * kStaged);
@@ -137,7 +161,18 @@ inline void stage_tile(const RenderParams& p, int start, int count, std::vector<
         for (int k = 0; k < 3; ++k) d[2 + k] = p.conics[3 * g + k];
         d[5] = p.opacities[g];
         for (int k = 0; k < 3; ++k) d[6 + k] = p.colors[3 * g + k];
+        // opacity * exp(power) >= 1/255 needs power >= log(1/255 / opacity); opacity <= 0: never
+        d[9] = d[5] > 0.f ? logf(kAlphaMin / d[5]) - kPowerCutMargin : INFINITY;
     }
+}
+
+// A cheap, conservative pre-test before gaussian_alpha (which alone decides): false only where
+// gaussian_alpha is certain to reject the pair, so that the pixel loops skip its exp() for the many pairs of
+// a tile that lie far out in a Gaussian's tail.  NaN powers pass through to gaussian_alpha.
+inline bool may_composite(const float* s, float px, float py) {
+    const float dx = s[0] - px, dy = s[1] - py;
+    const float power = -0.5f * (s[2] * dx * dx + s[4] * dy * dy) - s[3] * dx * dy;
+    return !(power < s[9]);
 }
 
 struct TileBox {
@@ -165,6 +200,7 @@ inline void render_forward(const Camera& cam, const RenderParams& p, int threads
                 pixel_forward_init(st);
                 for (int j = 0; j < n_items; ++j) {
                     const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+                    if (!may_composite(s, pxf, pyf)) continue;
                     float dx, dy, G, alpha, weight;
                     if (!gaussian_alpha(s[0], s[1], s + 2, s[5], pxf, pyf, dx, dy, G, alpha)) continue;
                     if (!pixel_forward_step(st, alpha, s + 6, j + 1, weight)) break;
@@ -214,6 +250,7 @@ inline void render_backward(const Camera& cam, const RenderParams& p, const Binn
                 pixel_back_init(st, T_final);
                 for (int j = last - 1; j >= 0; --j) {
                     const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+                    if (!may_composite(s, pxf, pyf)) continue;
                     float dx, dy, G, alpha;
                     if (!gaussian_alpha(s[0], s[1], s + 2, s[5], pxf, pyf, dx, dy, G, alpha)) continue;
                     float g[kGradValues];
