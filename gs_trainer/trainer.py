@@ -103,7 +103,8 @@ class Trainer:
 
     def render(self, camera, bg):
         r = self.cfg.run
-        return render(self.model, camera, bg, atomics=r.atomics, balance_threshold=r.balance_threshold)
+        return render(self.model, camera, bg, atomics=r.atomics, balance_threshold=r.balance_threshold,
+                      backend=r.backend)
 
     def step(self, iteration: int):
         """One full training iteration.  Returns (loss, l1, image, camera) with tensors left on device."""
