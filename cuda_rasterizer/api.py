@@ -56,7 +56,8 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
         balance_threshold: distwar only: reduce within the warp when at least this many lanes contribute
             (1 = always reduce, 33 = never).
         backend: "auto" (CUDA tensors -> the CUDA extension; CPU tensors -> the C++ CPU backend when it
-            builds, else the reference, with one log line saying which and why), "cuda", "cpu" (the C++
+            builds, else the reference, with one log line saying which and why; float64 CPU tensors -> the
+            reference, which computes in float64 where the C++ backend computes in float32), "cuda", "cpu" (the C++
             CPU backend, float32, deterministic for any thread count) or "reference" (pure PyTorch, the oracle).
     Returns:
         RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W]).
@@ -84,7 +85,8 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
             if not _fallback_warned:
                 log.warning("CUDA rasterizer unavailable, using the (slow) PyTorch reference: %s", err)
                 _fallback_warned = True
-    elif backend == "cpu" or (backend == "auto" and means.device.type == "cpu" and _cpu_auto_available()):
+    elif backend == "cpu" or (backend == "auto" and means.device.type == "cpu" and means.dtype != torch.float64
+                              and _cpu_auto_available()):
         from .cpu_autograd import rasterize_gaussians_cpu
         return rasterize_gaussians_cpu(means, scales, rotations, opacities, shs, colors_precomp,
                                        settings=settings)
