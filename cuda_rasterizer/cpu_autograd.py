@@ -171,6 +171,7 @@ def rasterize_gaussians_cpu(means: torch.Tensor, scales: torch.Tensor, rotations
     """
     from .reference import _check_inputs
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
+    _as_f32(means, "means")  # device and dtype of means first: the others are checked against it
     opacities_f = _as_f32(opacities, "opacities")
     colors_f = _as_f32(colors_precomp, "colors_precomp")
     load_cpu_extension()  # raises CpuBackendUnavailable before any graph is built
