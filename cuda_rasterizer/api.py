@@ -9,9 +9,9 @@ filter, concatenate or ship rows between the stages (sharded training exchanges 
 rasterize stage needs nothing but those rows and the camera.
 
 Backends register their two stages in ``STAGE_BACKENDS`` (``register_stage_backend``): ``reference``
-(pure PyTorch, autograd) and ``cuda`` (the extension, autograd.py).  A backend is a name and two callables
-with the signatures of ``_reference_project`` / ``_reference_rasterize`` below; adding one (the C++ CPU
-backend) is one ``register_stage_backend("cpu", project, rasterize, check)`` call.
+(pure PyTorch, autograd), ``cuda`` (the extension, autograd.py) and ``cpu`` (the C++ backend built from the
+same math.cuh, cpu_autograd.py).  A backend is a name and two callables with the signatures of
+``_reference_project`` / ``_reference_rasterize`` below, plus a check that says whether it can run here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,27 @@ from .reference import project_gaussians as _project_reference
 from .settings import ATOMICS_MODES, DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD, RasterOutput, RasterSettings
 
 log = logging.getLogger(__name__)
+
+#: Values of rasterize_gaussians(backend=...).
+BACKENDS = ("auto", "cuda", "cpu", "reference")
+
 _fallback_warned = False
+_cpu_choice_logged = False
+
+
+def _cpu_auto_available() -> bool:
+    """Whether "auto" can use the CPU backend; logs the choice and its reason once per process."""
+    global _cpu_choice_logged
+    from ._cpu_backend import cpu_extension_status
+    reason = cpu_extension_status()
+    if not _cpu_choice_logged:
+        _cpu_choice_logged = True
+        if reason is None:
+            log.info("rasterizer backend for CPU tensors: cpu (the C++ backend built and loaded)")
+        else:
+            log.warning("rasterizer backend for CPU tensors: reference (slow PyTorch), because the C++ CPU "
+                        "backend is unavailable: %s", reason)
+    return reason is None
 
 
 class ProjectedGaussians(NamedTuple):
@@ -134,14 +154,39 @@ def _cuda_check(device: torch.device):
     load_extension()
 
 
+def _cpu_project(means, scales, rotations, opacities, shs, colors_precomp, settings) -> ProjectedGaussians:
+    from .cpu_autograd import _as_f32, preprocess_cpu
+    opac = _as_f32(opacities, "opacities").reshape(-1)
+    colors_f = _as_f32(colors_precomp, "colors_precomp")
+    pre = preprocess_cpu(means, scales, rotations, shs, settings)
+    colors = pre.colors if colors_f is None else colors_f
+    return ProjectedGaussians(pre.means2d, pre.conics, colors, opac, pre.depths, pre.radii, pre.tiles)
+
+
+def _cpu_rasterize(proj: ProjectedGaussians, settings: RasterSettings, atomics: str, balance_threshold: int):
+    from .cpu_autograd import render_cpu
+    return render_cpu(proj.means2d, proj.conics, proj.colors, proj.opacities, proj.depths,
+                      proj.radii.to(torch.int32), proj.tiles_touched.to(torch.int32), settings)
+
+
+def _cpu_check(device: torch.device):
+    from ._cpu_backend import load_cpu_extension
+    if device.type != "cpu":
+        raise ValueError(f"the cpu backend needs CPU tensors, got tensors on {device}")
+    load_cpu_extension()   # CpuBackendUnavailable (no compiler, build failed) says why
+
+
 register_stage_backend("reference", _reference_project, _reference_rasterize)
 register_stage_backend("cuda", _cuda_project, _cuda_rasterize, _cuda_check)
+register_stage_backend("cpu", _cpu_project, _cpu_rasterize, _cpu_check)
 
 
 # -- dispatch ---------------------------------------------------------------------------------------
-def _resolve(backend: str, device: torch.device, caller: str) -> StageBackend:
+def _resolve(backend: str, device: torch.device, caller: str, dtype: torch.dtype = torch.float32) -> StageBackend:
     """The backend to use for tensors on ``device``; ``auto`` = cuda for CUDA tensors (falling back to
-    the reference, with one warning, when the extension cannot be built), the reference otherwise."""
+    the reference, with one warning, when the extension cannot be built); for CPU tensors the C++ backend
+    when it builds (one log line says which and why), except float64 tensors, which the reference computes
+    in float64 where the C++ backend computes in float32."""
     from ._backend import CudaBackendUnavailable
     names = ("auto",) + tuple(STAGE_BACKENDS)
     if backend not in names:
@@ -159,7 +204,14 @@ def _resolve(backend: str, device: torch.device, caller: str) -> StageBackend:
             if not _fallback_warned:
                 log.warning("CUDA rasterizer unavailable, using the (slow) PyTorch reference: %s", err)
                 _fallback_warned = True
+    elif device.type == "cpu" and dtype != torch.float64 and _cpu_auto_available():
+        return STAGE_BACKENDS["cpu"]
     return STAGE_BACKENDS["reference"]
+
+
+def _check_tensor(means, caller: str) -> None:
+    if not isinstance(means, torch.Tensor):
+        raise ValueError(f"{caller}: means must be a tensor, got {type(means).__name__}")
 
 
 def _check_modes(atomics: str, balance_threshold: int, caller: str) -> None:
@@ -179,8 +231,9 @@ def project_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: torc
         [N, 1], shs [N, K, 3] or colors_precomp [N, 3], settings, backend).
     Returns: ProjectedGaussians, N rows (culled ones have radius 0).
     """
+    _check_tensor(means, "project_gaussians")
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
-    chosen = _resolve(backend, means.device, "project_gaussians")
+    chosen = _resolve(backend, means.device, "project_gaussians", means.dtype)
     return chosen.project(means, scales, rotations, opacities, shs, colors_precomp, settings)
 
 
@@ -207,7 +260,7 @@ def rasterize_projected(proj: ProjectedGaussians, *, settings: RasterSettings, a
             raise ValueError(f"rasterize_projected: {name} must have shape {list(shape)}, got {list(t.shape)}")
         if t.device != proj.means2d.device:
             raise ValueError(f"rasterize_projected: {name} is on {t.device} but means2d is on {proj.means2d.device}")
-    chosen = _resolve(backend, proj.means2d.device, "rasterize_projected")
+    chosen = _resolve(backend, proj.means2d.device, "rasterize_projected", proj.means2d.dtype)
     image, final_T, n_contrib = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
     return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)
 
@@ -230,17 +283,21 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
         colors_precomp: [N, 3] colours.
         settings: camera and render settings.
         atomics: gradient-accumulation policy of the CUDA backward pass, one of ATOMICS_MODES.
-            Every policy gives the same gradients up to float summation order; the reference ignores it.
+            Every policy gives the same gradients up to float summation order; the CPU backend and the
+            reference ignore it.
         balance_threshold: distwar only: reduce within the warp when at least this many lanes contribute
             (1 = always reduce, 33 = never).
-        backend: "auto" (CUDA tensors -> the extension, CPU tensors -> the reference), or a name of
-            STAGE_BACKENDS ("cuda", "reference", ...).
+        backend: "auto" (CUDA tensors -> the CUDA extension; CPU tensors -> the C++ CPU backend when it
+            builds, else the reference, with one log line saying which and why; float64 CPU tensors -> the
+            reference, which computes in float64 where the C++ backend computes in float32), "cuda", "cpu" (the C++
+            CPU backend, float32, deterministic for any thread count) or "reference" (pure PyTorch, the oracle).
     Returns:
         RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W]).
     """
     _check_modes(atomics, balance_threshold, "rasterize_gaussians")
+    _check_tensor(means, "rasterize_gaussians")
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
-    chosen = _resolve(backend, means.device, "rasterize_gaussians")
+    chosen = _resolve(backend, means.device, "rasterize_gaussians", means.dtype)
     proj = chosen.project(means, scales, rotations, opacities, shs, colors_precomp, settings)
     image, final_T, n_contrib = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
     return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)

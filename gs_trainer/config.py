@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
-from cuda_rasterizer import ATOMICS_MODES, DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD
+from cuda_rasterizer import ATOMICS_MODES, BACKENDS, DEFAULT_ATOMICS, DEFAULT_BALANCE_THRESHOLD
 
 
 class ConfigError(ValueError):
@@ -89,6 +89,7 @@ class RunConfig:
     device: str = ""                     # "" = cuda if available, else cpu
     atomics: str = DEFAULT_ATOMICS
     balance_threshold: int = DEFAULT_BALANCE_THRESHOLD
+    backend: str = "auto"                # rasterizer: auto, cuda, cpu (C++), reference (PyTorch)
     seed: int = 0
     cpu_threads: int = 0                 # torch intra-op threads for CPU work; 0 = torch's default
     dist_timeout: float = 300.0          # seconds a rank waits on the others (torchrun) before giving up
@@ -120,6 +121,7 @@ class TrainConfig:
             (d.split_factor > 0, "split_factor must be positive"),
             (d.scene_size_limit >= 0, f"scene_size_limit must be >= 0 (0 = off), got {d.scene_size_limit}"),
             (r.atomics in ATOMICS_MODES, f"atomics must be one of {ATOMICS_MODES}, got {r.atomics!r}"),
+            (r.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {r.backend!r}"),
             (1 <= r.balance_threshold <= 33, f"balance_threshold must be in 1..33, got {r.balance_threshold}"),
             (r.log_interval > 0, "log_interval must be positive"),
             (r.dist_timeout > 0, f"dist_timeout must be positive, got {r.dist_timeout}"),
@@ -260,6 +262,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, nargs="*", type=typing.get_args(typ)[0], **kw)
         elif name == "atomics":
             parser.add_argument(*flags, choices=ATOMICS_MODES, **kw)
+        elif name == "backend":
+            parser.add_argument(*flags, choices=BACKENDS, **kw)
         else:
             parser.add_argument(*flags, type=typ, **kw)
 

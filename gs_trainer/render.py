@@ -23,6 +23,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cuda_rasterizer import BACKENDS
+
 from .config import ConfigError, TrainConfig, load_config
 
 log = logging.getLogger("gs_trainer")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orbit_frames", type=int, default=ORBIT_FRAMES)
     p.add_argument("-s", "--source_path", default=None, help="override the scene path stored in the run")
     p.add_argument("--device", default=None, help="default: the run's device if available, else cpu")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="rasterizer backend (auto, cuda, cpu, reference); default: the run's")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -104,7 +108,8 @@ def render_split(cfg: TrainConfig, model, cameras, out_dir: Path, device) -> int
     bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0], device=device)
     for index, cam in enumerate(tqdm(cameras, desc=f"rendering {out_dir.parent.name}/{out_dir.name}",
                                      disable=cfg.run.quiet)):
-        image = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold).image
+        image = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
+                       backend=cfg.run.backend).image
         if getattr(cam, "alpha_mask", None) is not None:
             image = image * cam.alpha_mask
         save_png(out_dir / "renders" / f"{index:05d}.png", image)
@@ -210,6 +215,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.eval:
             cfg.model.eval = True
         cfg.run.device = device
+        if args.backend:
+            cfg.run.backend = args.backend
         cfg.model.model_path = args.model_path
         expected = check_scene(run, cfg, described_by, args.source_path)
         scene = load_scene(cfg)
@@ -239,8 +246,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         from tqdm import tqdm
         with torch.no_grad():
             for cam in tqdm(path, desc="orbit", disable=cfg.run.quiet):
-                image = render(model, cam, bg, atomics=cfg.run.atomics,
-                               balance_threshold=cfg.run.balance_threshold).image
+                image = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
+                               backend=cfg.run.backend).image
                 save_png(out / "frames" / f"{cam.uid:05d}.png", image)
         if write_video(out / "frames", out / "orbit.mp4"):
             log.info("orbit video: %s", out / "orbit.mp4")

@@ -167,7 +167,8 @@ class Trainer:
 
     def render(self, camera, bg):
         r = self.cfg.run
-        return render(self.model, camera, bg, atomics=r.atomics, balance_threshold=r.balance_threshold)
+        return render(self.model, camera, bg, atomics=r.atomics, balance_threshold=r.balance_threshold,
+                      backend=r.backend)
 
     def resolve_batch_size(self, batch_size: int) -> int:
         """Views per step: ``--batch_size``, where 0 means one view per rank (1 on a single process)."""

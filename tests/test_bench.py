@@ -35,17 +35,21 @@ def smoke(tmp_path_factory):
 
 def test_smoke_writes_json_csv_and_plots(smoke):
     out, result = smoke
-    (row,) = result["rows"]
-    assert row["policy"] == "reference" and not row.get("errors")
-    for key in ("forward_ms", "backward_ms", "train_iter_ms"):
-        assert row[key] > 0
-        assert row[key.replace("_ms", "_timing")]["repeats"] == 2
+    cpu, row = result["rows"]      # the C++ CPU backend, then the reference, timed in one run
+    assert cpu["policy"] == "cpu" and row["policy"] == "reference"
+    for r in (cpu, row):
+        assert not r.get("errors")
+        for key in ("forward_ms", "backward_ms", "train_iter_ms"):
+            assert r[key] > 0
+            assert r[key.replace("_ms", "_timing")]["repeats"] == 2
+        assert r["process_peak_rss_mib"] > 0
+    assert cpu["speedup_train_iter"] == pytest.approx(row["train_iter_ms"] / cpu["train_iter_ms"])
     assert result["scene"]["num_gaussians"] == 150 and result["scene"]["width"] == 40
     assert result["environment"]["device"] == "cpu" and result["environment"]["date_utc"]
     assert result["gsplat"]["skipped"]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows[0]["policy"] == "reference" and float(rows[0]["backward_ms"]) > 0
+    assert [r["policy"] for r in rows] == ["cpu", "reference"] and float(rows[1]["backward_ms"]) > 0
     for name in ("policies.png", "lane_histogram.png"):
         img = cv2.imread(str(out / name))
         assert img is not None and img.shape[0] > 50 and img.shape[1] > 200

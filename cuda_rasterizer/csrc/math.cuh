@@ -466,6 +466,34 @@ GSR_HD bool gaussian_alpha(float mx, float my, const float conic[3], float opaci
     return true;
 }
 
+// What the forward pass carries from one Gaussian to the next of a pixel (front to back).
+struct PixelFwdState {
+    float T;      // transmittance in front of the next Gaussian
+    float C[3];   // colour composited so far (background excluded)
+    int last;     // 1-based list position of the last composited Gaussian, 0 if none
+};
+
+GSR_HD void pixel_forward_init(PixelFwdState& st) {
+    st.T = 1.f;
+    st.last = 0;
+    for (int c = 0; c < 3; ++c) st.C[c] = 0.f;
+}
+
+// One (pixel, Gaussian) step of the forward compositing, after gaussian_alpha accepted the pair at 1-based
+// list position `position`.  Returns false when the pixel is done: this Gaussian would take the
+// transmittance below kTMin, so it is not composited and no later one is.  On true, `weight` = alpha * T
+// (the Gaussian's share of the pixel), for callers that composite further per-Gaussian values with it.
+GSR_HD bool pixel_forward_step(PixelFwdState& st, float alpha, const float color[3], int position,
+                               float& weight) {
+    const float test_T = st.T * (1.f - alpha);
+    if (test_T < kTMin) return false;
+    weight = alpha * st.T;
+    for (int c = 0; c < 3; ++c) st.C[c] += color[c] * alpha * st.T;
+    st.T = test_T;
+    st.last = position;
+    return true;
+}
+
 // What the backward pass carries from one Gaussian to the previous one of a pixel (back to front).
 struct PixelBackState {
     float T;             // transmittance in front of the current Gaussian

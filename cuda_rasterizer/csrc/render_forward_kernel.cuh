@@ -16,9 +16,9 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
     __shared__ float s_col[3 * kBlockSize];
 
     bool done = !inside;  // pixels past the image edge help load shared memory, nothing else
-    float T = 1.f;
-    float C[3] = {0.f, 0.f, 0.f};
-    int contributor = 0, last = 0;
+    PixelFwdState st;
+    pixel_forward_init(st);
+    int contributor = 0;
 
     for (int b = 0; b < n_items; b += kBlockSize) {
         // also the barrier that keeps the previous batch in shared memory until everyone is done with it
@@ -37,22 +37,16 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
             const float conic[3] = {co.x, co.y, co.z};
             float dx, dy, G, alpha;
             if (!gaussian_alpha(s_xy[j].x, s_xy[j].y, conic, co.w, pxf, pyf, dx, dy, G, alpha)) continue;
-            const float test_T = T * (1.f - alpha);
-            if (test_T < kTMin) {
-                done = true;
-                continue;
-            }
-            for (int c = 0; c < 3; ++c) C[c] += s_col[3 * j + c] * alpha * T;
-            T = test_T;
-            last = contributor;
+            float weight;
+            if (!pixel_forward_step(st, alpha, s_col + 3 * j, contributor, weight)) done = true;
         }
     }
     if (inside) {
         const int pix = py * cam.width + px;
         const int hw = cam.width * cam.height;
-        for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = C[c] + T * cam.bg[c];
-        p.final_T[pix] = T;
-        p.n_contrib[pix] = last;
+        for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = st.C[c] + st.T * cam.bg[c];
+        p.final_T[pix] = st.T;
+        p.n_contrib[pix] = st.last;
     }
 }
 

@@ -3,7 +3,8 @@
     gs-bench                                     # GPU: 1M synthetic Gaussians at 1920x1080, every policy
     gs-bench --quick                             # GPU: 200k Gaussians at 960x540, few repeats (gpu_check.sh)
     gs-bench --ply runs/x/point_cloud.ply --scene data/tabletop --view 0
-    gs-bench --device cpu --synthetic 2000 --width 128 --height 96    # the reference path on the CPU
+    gs-bench --device cpu --synthetic 2000 --width 128 --height 96    # CPU: the C++ backend vs the reference
+    gs-bench --device cpu --scene data/tabletop --backend cpu reference
     gs-bench --static                            # no GPU: registers, occupancy, SASS paths, modelled issues
 
 Writes ``results.json``, ``results.csv`` and PNG charts (``policies.png``, ``threshold_sweep.png``,
@@ -68,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     pol.add_argument("--no-floor", action="store_true", help="skip the no-atomics floor")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    run.add_argument("--backend", nargs="+", choices=("cuda", "cpu", "reference"),
+                     help="rasterizer backends to time (default: cuda on a GPU; cpu and reference on the CPU, "
+                          "one row each, speed-ups over the reference)")
     run.add_argument("--quick", action="store_true", help="small input, few repeats: a quick GPU check")
     run.add_argument("--warmup", type=int)
     run.add_argument("--repeats", type=int)
@@ -194,13 +198,19 @@ def run(args) -> dict:
               "scene": dict(scene.source, width=s.image_width, height=s.image_height, fx=s.fx, fy=s.fy),
               "timing": {"warmup": warmup, "repeats": repeats, "train_repeats": args.train_repeats or repeats},
               "notes": []}
+    backends = args.backend or (["cuda"] if on_gpu else ["cpu", "reference"])
+    wrong = [b for b in backends if (b == "cuda") != on_gpu]
+    if wrong:
+        raise SystemExit(f"gs-bench: --backend {' '.join(wrong)} does not run on {device} (use --device)")
     if not on_gpu:
-        result["notes"].append("CPU run: the PyTorch reference rasterizer (no atomics policies, no kernels); "
-                               "timings are of the reference, not of the CUDA code")
+        result["notes"].append(f"CPU run, {torch.get_num_threads()} threads: backends {', '.join(backends)} (no "
+                               "atomics policies, no kernels); x base = speed-up over the reference in this run; "
+                               "process_peak_rss_mib is the process's peak after each row (monotonic)")
     if bench.probe_note:
         result["notes"].append(bench.probe_note)
 
-    policies = expand_policies(args.atomics, thresholds) if on_gpu else [Policy("reference", "reference")]
+    policies = (expand_policies(args.atomics, thresholds) if on_gpu
+                else [Policy(b, b, backend=b) for b in backends])
     if args.lanes_only:
         policies = []
         result["notes"].append("--lanes-only: no timings taken")

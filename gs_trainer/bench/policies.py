@@ -4,7 +4,8 @@ Per policy: the backward render kernel alone (through ``cuda_rasterizer.profilin
 CUDA only), the whole backward of the rasterizer (autograd, from a fixed image cotangent), the forward, and
 a full training iteration (render, 3DGS loss, backward, Adam step), each the median of CUDA-event-timed
 repeats after warm-up; the peak GPU memory of the forward+backward and of the training iteration.
-On the CPU the same figures (less the kernel) are taken of the PyTorch reference, as one row "reference".
+On the CPU the same figures (less the kernel) are taken per backend: the C++ CPU backend (row "cpu") and
+the PyTorch reference (row "reference"), with the process's peak resident memory after each.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Optional
 
 import torch
 
-from cuda_rasterizer import DEFAULT_BALANCE_THRESHOLD, rasterize_gaussians
+from cuda_rasterizer import ATOMICS_MODES, DEFAULT_BALANCE_THRESHOLD, rasterize_gaussians
 
 from .scene import BenchScene, background
-from .timing import peak_memory_mib, reset_peak_memory, time_op
+from .timing import peak_memory_mib, process_peak_rss_mib, reset_peak_memory, time_op
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Policy:
     name: str           # row label: "baseline", "warp", "distwar@8", "tile", "floor", "reference"
     atomics: str        # the rasterizer's atomics mode ("floor" for the probe only)
     threshold: int = DEFAULT_BALANCE_THRESHOLD
+    backend: str = ""   # the rasterizer backend; "" = the bench's (cuda on a GPU, reference on the CPU)
 
 
 def expand_policies(atomics: list, thresholds: list) -> list:
@@ -118,8 +120,8 @@ class PolicyBench:
     def _render(self, policy: Policy):
         means, scales, rots, opac, shs = self.inputs
         return rasterize_gaussians(means, scales, rots, opac, shs, settings=self.scene.settings,
-                                   atomics=policy.atomics if policy.atomics != "reference" else "distwar",
-                                   balance_threshold=policy.threshold, backend=self.backend)
+                                   atomics=policy.atomics if policy.atomics in ATOMICS_MODES else "distwar",
+                                   balance_threshold=policy.threshold, backend=policy.backend or self.backend)
 
     def _clear_grads(self) -> None:
         for t in self.inputs:
@@ -156,10 +158,12 @@ class PolicyBench:
         model = self.scene.model()
         optimizer = make_optimizer(model, OptimConfig(), self.scene.source.get("scene_extent", SYNTH_SPATIAL_LR_SCALE))
         bg = background(self.device)
-        atomics = policy.atomics if policy.atomics != "reference" else "distwar"
+        atomics = policy.atomics if policy.atomics in ATOMICS_MODES else "distwar"
+        backend = policy.backend or self.backend
 
         def step(_):
-            out = render(model, self.scene.camera, bg, atomics=atomics, balance_threshold=policy.threshold)
+            out = render(model, self.scene.camera, bg, atomics=atomics, balance_threshold=policy.threshold,
+                         backend=backend)
             if out.means2d.requires_grad:      # the trainer reads its gradient for densification
                 out.means2d.retain_grad()
             loss, _ = gaussian_splatting_loss(out.image, self.target, lambda_dssim)
@@ -188,13 +192,17 @@ class PolicyBench:
             except Exception as err:  # noqa: BLE001 - one broken policy must not hide the others
                 log.exception("%s: %s failed", policy.name, part.__name__)
                 row.setdefault("errors", []).append(f"{part.__name__}: {type(err).__name__}: {err}")
+        if self.device.type != "cuda":
+            # monotonic: a row measured after another peaked higher only if its figure is higher
+            row["process_peak_rss_mib"] = round(process_peak_rss_mib(), 1)
         return row
 
 
 def add_ratios(rows: list) -> None:
-    """speedup_<metric> = baseline / policy (same run), and kernel_vs_floor = policy kernel / floor kernel."""
+    """speedup_<metric> = baseline / policy (same run; on the CPU: reference / policy), and kernel_vs_floor =
+    policy kernel / floor kernel."""
     by_name = {r["policy"]: r for r in rows}
-    base = by_name.get("baseline", {})
+    base = by_name.get("baseline") or by_name.get("reference") or {}
     floor = by_name.get(FLOOR, {})
     for r in rows:
         for metric in ("kernel", "backward", "forward", "train_iter"):

@@ -1,0 +1,280 @@
+// The CPU backend's stages: host loops around the very math.cuh functions the CUDA kernels call
+// (preprocess_one, preprocess_backward_one, tile_rect, gaussian_alpha, pixel_forward_step,
+// render_backward_step).  Torch-free: raw pointers and the params structs of rasterizer.h; the torch glue is
+// cpu_bindings.cpp.
+//
+// Structure (the CUDA pipeline's, with the loops a CPU wants):
+//   preprocess            parallel over Gaussians
+//   bin                   count pairs per tile, fill the tiles' lists, sort each tile's list by
+//                         (depth bits, index) in parallel over tiles; record where each (Gaussian, tile) pair
+//                         landed (pair_pos), for the backward's reduction
+//   render forward        parallel over tiles; a tile stages its Gaussians contiguously, then each pixel
+//                         walks them front to back (the CUDA thread's loop)
+//   render backward       parallel over tiles; each pixel walks back to front from its n_contrib and adds its
+//                         9 gradient values into the tile's partial row of that Gaussian: row = list position,
+//                         owned by this tile alone, so no lock and no atomic.  Then, parallel over Gaussians,
+//                         each Gaussian sums its rows in tile order (the CPU form of the CUDA `tile` policy:
+//                         one flush per (tile, Gaussian)).
+//   preprocess backward   parallel over Gaussians
+//
+// Determinism: every sum has a fixed order (pixel order within a tile, tile order across tiles) that does not
+// depend on which thread ran which tile, so the results are bitwise the same for any thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+#include "../math.cuh"
+
+namespace gsr::cpu {
+
+// Denormal floats flushed to zero for the duration of a stage (and restored, since the threads are torch's):
+// exp() of a far tail gives denormals, which x86 cores compute with 10-100x slower.  Every value that could
+// be denormal is far below what any result depends on (alpha < 1/255 is skipped).  Deterministic.
+struct FlushDenormals {
+#if defined(__SSE__) || defined(__x86_64__)
+    unsigned saved = _mm_getcsr();
+    FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ | DAZ
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// body(i) for i in [0, n) on `threads` threads, handed out in chunks of `chunk` as threads free up.
+template <class F>
+void parallel_for(int64_t n, int threads, int64_t chunk, const F& body) {
+#ifdef _OPENMP
+    if (threads > 1 && n > chunk) {
+#pragma omp parallel num_threads(threads)
+        {
+            const FlushDenormals ftz;
+#pragma omp for schedule(dynamic, chunk)
+            for (int64_t i = 0; i < n; ++i) body(i);
+        }
+        return;
+    }
+#endif
+    (void)threads;
+    (void)chunk;
+    const FlushDenormals ftz;
+    for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+inline bool openmp_enabled() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+inline void preprocess(const Camera& cam, const PreprocessParams& p, int threads) {
+    parallel_for(p.n, threads, 1024, [&](int64_t i) { preprocess_one(cam, p, static_cast<int>(i)); });
+}
+
+inline void preprocess_backward(const Camera& cam, const PreprocessBackwardParams& p, int threads) {
+    parallel_for(p.n, threads, 1024, [&](int64_t i) { preprocess_backward_one(cam, p, static_cast<int>(i)); });
+}
+
+// offsets[i] = tiles_touched[0] + ... + tiles_touched[i] (int64, no wrap); returns the total.
+inline int64_t pair_offsets(int n, const int* tiles_touched, int64_t* offsets) {
+    int64_t total = 0;
+    for (int i = 0; i < n; ++i) offsets[i] = (total += tiles_touched[i]);
+    return total;
+}
+
+struct BinOutputs {
+    int* point_list;   // [M] Gaussian ids, per tile front to back (depth, then index)
+    int* ranges;       // [num_tiles, 2] [start, end) in point_list
+    int* pair_pos;     // [M] for pair k of Gaussian i (offsets[i-1] + k, tiles in row-major order of its
+                       //     rectangle): its position in point_list
+};
+
+// The binning: b.n, means2d, depths, radii, tiles_touched, offsets and num_rendered as in BinningParams.
+inline void bin(const Camera& cam, const BinningParams& b, const BinOutputs& out, int threads) {
+    const int num_tiles = cam.grid_x * cam.grid_y;
+    std::vector<int64_t> cursor(num_tiles + 1, 0);
+    auto rect_of = [&](int i, int rect[4]) {
+        tile_rect(cam, b.means2d[2 * i], b.means2d[2 * i + 1], static_cast<float>(b.radii[i]), rect);
+    };
+    for (int i = 0; i < b.n; ++i) {
+        if (b.tiles_touched[i] == 0) continue;
+        int rect[4];
+        rect_of(i, rect);
+        for (int y = rect[1]; y < rect[3]; ++y)
+            for (int x = rect[0]; x < rect[2]; ++x) ++cursor[y * cam.grid_x + x + 1];
+    }
+    for (int t = 0; t < num_tiles; ++t) {
+        cursor[t + 1] += cursor[t];
+        out.ranges[2 * t] = static_cast<int>(cursor[t]);
+        out.ranges[2 * t + 1] = static_cast<int>(cursor[t + 1]);
+    }
+    // keys (depth bits << 32 | index): depths of visible Gaussians are > 0.2, so their bits sort like the
+    // floats, and equal depths keep index order, as the reference's stable sort and the CUDA radix sort do.
+    std::vector<uint64_t> keys(static_cast<size_t>(b.num_rendered));
+    for (int i = 0; i < b.n; ++i) {
+        if (b.tiles_touched[i] == 0) continue;
+        int rect[4];
+        rect_of(i, rect);
+        const uint64_t key = (static_cast<uint64_t>(float_bits(b.depths[i])) << 32) | static_cast<uint32_t>(i);
+        for (int y = rect[1]; y < rect[3]; ++y)
+            for (int x = rect[0]; x < rect[2]; ++x) keys[cursor[y * cam.grid_x + x]++] = key;
+    }
+    parallel_for(num_tiles, threads, 4, [&](int64_t t) {
+        const int start = out.ranges[2 * t], end = out.ranges[2 * t + 1];
+        std::sort(keys.begin() + start, keys.begin() + end);
+        const int tx = static_cast<int>(t % cam.grid_x), ty = static_cast<int>(t / cam.grid_x);
+        for (int pos = start; pos < end; ++pos) {
+            const int g = static_cast<int>(keys[pos] & 0xffffffffu);
+            out.point_list[pos] = g;
+            int rect[4];
+            rect_of(g, rect);
+            const int64_t first = g == 0 ? 0 : b.offsets[g - 1];
+            out.pair_pos[first + (ty - rect[1]) * (rect[2] - rect[0]) + (tx - rect[0])] = pos;
+        }
+    });
+}
+
+// A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b, and
+// the power below which the pair cannot reach alpha >= 1/255 (see may_composite).
+constexpr int kStaged = 10;
+// Safety margin of that bound, in units of power (a factor e on alpha): covers any rounding difference
+// between the bound's arithmetic and gaussian_alpha's.
+constexpr float kPowerCutMargin = 1.f;
+
+inline void stage_tile(const RenderParams& p, int start, int count, std::vector<float>& s) {
+    s.resize(static_cast<size_t>(count) * kStaged);
+    for (int j = 0; j < count; ++j) {
+        const int g = p.point_list[start + j];
+        float* d = s.data() + static_cast<size_t>(j) * kStaged;
+        d[0] = p.means2d[2 * g];
+        d[1] = p.means2d[2 * g + 1];
+        for (int k = 0; k < 3; ++k) d[2 + k] = p.conics[3 * g + k];
+        d[5] = p.opacities[g];
+        for (int k = 0; k < 3; ++k) d[6 + k] = p.colors[3 * g + k];
+        // opacity * exp(power) >= 1/255 needs power >= log(1/255 / opacity); opacity <= 0: never
+        d[9] = d[5] > 0.f ? logf(kAlphaMin / d[5]) - kPowerCutMargin : INFINITY;
+    }
+}
+
+// A cheap, conservative pre-test before gaussian_alpha (which alone decides): false only where
+// gaussian_alpha is certain to reject the pair, so that the pixel loops skip its exp() for the many pairs of
+// a tile that lie far out in a Gaussian's tail.  NaN powers pass through to gaussian_alpha.
+inline bool may_composite(const float* s, float px, float py) {
+    const float dx = s[0] - px, dy = s[1] - py;
+    const float power = -0.5f * (s[2] * dx * dx + s[4] * dy * dy) - s[3] * dx * dy;
+    return !(power < s[9]);
+}
+
+struct TileBox {
+    int x0, y0, x1, y1;  // pixels [x0, x1) x [y0, y1) of the tile inside the image
+};
+
+inline TileBox tile_box(const Camera& cam, int64_t t) {
+    const int tx = static_cast<int>(t % cam.grid_x), ty = static_cast<int>(t / cam.grid_x);
+    return TileBox{tx * kBlockX, ty * kBlockY, std::min(cam.width, (tx + 1) * kBlockX),
+                   std::min(cam.height, (ty + 1) * kBlockY)};
+}
+
+// image, final_T and n_contrib of p are written for every pixel.
+inline void render_forward(const Camera& cam, const RenderParams& p, int threads) {
+    const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
+    parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
+        thread_local std::vector<float> staged;
+        const int start = p.ranges[2 * t], n_items = p.ranges[2 * t + 1] - start;
+        stage_tile(p, start, n_items, staged);
+        const TileBox box = tile_box(cam, t);
+        for (int py = box.y0; py < box.y1; ++py) {
+            for (int px = box.x0; px < box.x1; ++px) {
+                const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
+                PixelFwdState st;
+                pixel_forward_init(st);
+                for (int j = 0; j < n_items; ++j) {
+                    const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+                    if (!may_composite(s, pxf, pyf)) continue;
+                    float dx, dy, G, alpha, weight;
+                    if (!gaussian_alpha(s[0], s[1], s + 2, s[5], pxf, pyf, dx, dy, G, alpha)) continue;
+                    if (!pixel_forward_step(st, alpha, s + 6, j + 1, weight)) break;
+                }
+                const int64_t pix = static_cast<int64_t>(py) * cam.width + px;
+                for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = st.C[c] + st.T * cam.bg[c];
+                p.final_T[pix] = st.T;
+                p.n_contrib[pix] = st.last;
+            }
+        }
+    });
+}
+
+// Backward render.  partial [M * kGradValues] is scratch (written here, no need to zero it); the four gradient
+// outputs of p (grad_means2d, grad_conics, grad_opacities, grad_colors) are written for every Gaussian.
+// b supplies n, offsets; out supplies pair_pos (from bin()).
+inline void render_backward(const Camera& cam, const RenderParams& p, const BinningParams& b,
+                            const BinOutputs& out, float* partial, int threads) {
+    const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
+    parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
+        thread_local std::vector<float> staged;
+        const int start = p.ranges[2 * t], end = p.ranges[2 * t + 1];
+        float* rows = partial + static_cast<int64_t>(start) * kGradValues;
+        std::memset(rows, 0, sizeof(float) * static_cast<size_t>(end - start) * kGradValues);
+        const TileBox box = tile_box(cam, t);
+        int count = 0;  // list positions [0, count) are used by some pixel of the tile
+        for (int py = box.y0; py < box.y1; ++py)
+            for (int px = box.x0; px < box.x1; ++px)
+                count = std::max(count, p.n_contrib[static_cast<int64_t>(py) * cam.width + px]);
+        count = std::min(count, end - start);
+        if (count == 0) return;
+        stage_tile(p, start, count, staged);
+        for (int py = box.y0; py < box.y1; ++py) {
+            for (int px = box.x0; px < box.x1; ++px) {
+                const int64_t pix = static_cast<int64_t>(py) * cam.width + px;
+                const int last = std::min(p.n_contrib[pix], count);
+                if (last == 0) continue;
+                const float T_final = p.final_T[pix];
+                float dpix[3], bg_dot = 0.f;
+                for (int c = 0; c < 3; ++c) {
+                    dpix[c] = p.grad_image[c * hw + pix];
+                    bg_dot += cam.bg[c] * dpix[c];
+                }
+                if (p.grad_final_T) bg_dot += p.grad_final_T[pix];
+                const float pxf = static_cast<float>(px), pyf = static_cast<float>(py);
+                PixelBackState st;
+                pixel_back_init(st, T_final);
+                for (int j = last - 1; j >= 0; --j) {
+                    const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+                    if (!may_composite(s, pxf, pyf)) continue;
+                    float dx, dy, G, alpha;
+                    if (!gaussian_alpha(s[0], s[1], s + 2, s[5], pxf, pyf, dx, dy, G, alpha)) continue;
+                    float g[kGradValues];
+                    render_backward_step(st, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
+                    float* row = rows + static_cast<int64_t>(j) * kGradValues;
+                    for (int k = 0; k < kGradValues; ++k) row[k] += g[k];
+                }
+            }
+        }
+    });
+    // one flush per (tile, Gaussian), in tile order
+    parallel_for(b.n, threads, 1024, [&](int64_t i) {
+        float s[kGradValues] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        const int64_t first = i == 0 ? 0 : b.offsets[i - 1];
+        for (int64_t k = first; k < b.offsets[i]; ++k) {
+            const float* row = partial + static_cast<int64_t>(out.pair_pos[k]) * kGradValues;
+            for (int v = 0; v < kGradValues; ++v) s[v] += row[v];
+        }
+        p.grad_means2d[2 * i] = s[0];
+        p.grad_means2d[2 * i + 1] = s[1];
+        for (int v = 0; v < 3; ++v) p.grad_conics[3 * i + v] = s[2 + v];
+        p.grad_opacities[i] = s[5];
+        for (int v = 0; v < 3; ++v) p.grad_colors[3 * i + v] = s[6 + v];
+    });
+}
+
+}  // namespace gsr::cpu
