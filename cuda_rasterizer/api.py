@@ -37,7 +37,8 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
         backend: "auto" (CUDA tensors -> the extension, CPU tensors -> the reference), "cuda" or
             "reference".
     Returns:
-        RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W]).
+        RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W],
+        depth [H, W] expected view-space depth, or None from a backend that does not compute it yet).
     """
     if atomics not in ATOMICS_MODES:
         raise ValueError(f"rasterize_gaussians: atomics must be one of {ATOMICS_MODES}, got {atomics!r}")
