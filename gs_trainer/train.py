@@ -28,6 +28,10 @@ EXIT_DIVERGED = 3
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gs-train", description="Train 3D Gaussian Splatting on a scene.")
     add_config_arguments(parser)
+    from .viewer.cli import add_server_arguments
+    view = parser.add_argument_group("live viewer (not part of the run's config)")
+    view.add_argument("--viewer", action="store_true", help="show the scene in a web browser while it trains")
+    add_server_arguments(view, prefix="viewer_")
     return parser
 
 
@@ -59,7 +63,7 @@ def load_scene(cfg: TrainConfig):
                  cache_dir=str(Path(m.model_path) / "cache"))
 
 
-def run(cfg: TrainConfig) -> dict:
+def run(cfg: TrainConfig, viewer: Optional[argparse.Namespace] = None) -> dict:
     """Build everything from a resolved config and train; returns the final evaluation."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -87,11 +91,15 @@ def run(cfg: TrainConfig) -> dict:
         trainer.last_checkpoint = str(path)
         log.info("resumed from %s at iteration %d", path, trainer.iteration)
     log.info("training %d iterations on %s, output in %s", cfg.optim.iterations, cfg.run.device, folder.path)
+    live = start_live_viewer(trainer, viewer) if viewer is not None and viewer.viewer else None
     try:
         with logging_redirect_tqdm():
             results = trainer.train()
     finally:
         folder.close()
+        if live is not None:
+            live.close()
+            log.info("the live viewer closed with training; gs-view -m %s shows the result", folder.path)
     minutes = (time.perf_counter() - started) / 60
     test = results.get("test")
     if test:
@@ -103,6 +111,20 @@ def run(cfg: TrainConfig) -> dict:
     return results
 
 
+def start_live_viewer(trainer, args: argparse.Namespace):
+    from .viewer.live import LiveViewer
+
+    try:
+        live = LiveViewer(trainer, host=args.viewer_host, port=args.viewer_port,
+                          max_resolution=args.viewer_max_resolution,
+                          preview_resolution=args.viewer_preview_resolution)
+    except OSError as err:
+        raise ConfigError(f"--viewer_host {args.viewer_host}: cannot listen there ({err})") from None
+    trainer.on_step = live.on_step
+    print(f"gs-train: live viewer at {live.url}", flush=True)
+    return live
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .data.errors import SceneError
     from .model import PlyError
@@ -110,12 +132,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         cfg = parse_config(argv)
+        args = build_parser().parse_args(argv)
+        if args.viewer:
+            from .viewer.cli import check_server_arguments, require_viser
+            problem = check_server_arguments(args.viewer_port, args.viewer_max_resolution,
+                                             args.viewer_preview_resolution, prefix="viewer_") or require_viser()
+            if problem:
+                raise ConfigError(problem)
     except ConfigError as err:
         print(f"gs-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     setup_logging(cfg.run.quiet)
     try:
-        run(cfg)
+        run(cfg, args)
     except (SceneError, ConfigError, PlyError) as err:
         print(f"gs-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -60,6 +60,8 @@ class Trainer:
         self.bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0],
                                device=self.device)
         note_atomics(self.device, cfg.run.atomics)
+        # Called as on_step(trainer, iteration, loss) after every iteration (gs-train --viewer sets it).
+        self.on_step: Optional[Callable] = None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -152,6 +154,8 @@ class Trainer:
         for iteration in bar:
             loss, l1, image, camera = self.step(iteration)
             self.iteration = iteration
+            if self.on_step is not None:
+                self.on_step(self, iteration, loss)
             bad |= ~torch.isfinite(loss)
             ema = loss if ema is None else EMA_WEIGHT * loss + (1 - EMA_WEIGHT) * ema
             due = iteration in save_at or iteration in test_at or iteration in ckpt_at
