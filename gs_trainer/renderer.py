@@ -24,7 +24,8 @@ def note_atomics(device: torch.device | str, atomics: str) -> None:
 
 
 def render(model: GaussianModel, camera: Camera, bg: torch.Tensor, *, atomics: str = DEFAULT_ATOMICS,
-           balance_threshold: int = DEFAULT_BALANCE_THRESHOLD, scale_modifier: float = 1.0) -> RasterOutput:
+           balance_threshold: int = DEFAULT_BALANCE_THRESHOLD, scale_modifier: float = 1.0,
+           backend: str = "auto") -> RasterOutput:
     """Differentiable render of ``model`` seen by ``camera`` over background ``bg`` ([3], model's device).
 
     Returns the rasterizer's RasterOutput: image [3, H, W], radii [N], means2d [N, 2] (pixels; call
@@ -32,4 +33,5 @@ def render(model: GaussianModel, camera: Camera, bg: torch.Tensor, *, atomics: s
     """
     settings = camera.raster_settings(bg, sh_degree=model.active_sh_degree, scale_modifier=scale_modifier)
     return rasterize_gaussians(model.means, model.scales, model.rotations, model.opacities, shs=model.shs,
-                               settings=settings, atomics=atomics, balance_threshold=balance_threshold)
+                               settings=settings, atomics=atomics, balance_threshold=balance_threshold,
+                               backend=backend)
