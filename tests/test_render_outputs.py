@@ -165,3 +165,28 @@ def test_depth_needs_a_backend_that_has_it(run, monkeypatch, capsys):
     assert render_main(["-m", str(run), "--split", "train", "--iteration", "10", "--depth", "--quiet"]) == 2
     assert "only the PyTorch reference" in capsys.readouterr().err
     assert not (run / "train").exists()
+
+
+def test_ply_layout_is_what_the_usual_viewers_read(run):
+    """The layout the README's viewer claims rest on, as their readers expect it:
+    SIBR (the original's viewer) reads the records as raw float structs {pos, n, SH (dc, then rest), opacity,
+    scale, rot} after a header whose 3rd line is 'element vertex N'; splat-transform (and SuperSplat, which
+    reads through it) accepts only ply/format/comment/element/property lines, needs x/y/z, scale_*, rot_*,
+    opacity, f_dc_*, an f_rest_* count of 0/9/24/45, and a file size equal to header + N records."""
+    from gs_trainer.model import ply_attribute_names
+
+    path = run / "point_cloud" / "iteration_10" / "point_cloud.ply"
+    data = path.read_bytes()
+    end = data.index(b"\nend_header\n") + len(b"\nend_header\n")
+    lines = data[:end].decode("ascii").split("\n")[:-1]
+    assert lines[:2] == ["ply", "format binary_little_endian 1.0"] and lines[-1] == "end_header"
+    assert lines[2].startswith("element vertex ")
+    count = int(lines[2].split()[2])
+    props = [line.split() for line in lines[3:-1]]
+    assert all(p[0] == "property" and p[1] == "float" and len(p) == 3 for p in props)
+    names = [p[2] for p in props]
+    n_rest = sum(n.startswith("f_rest_") for n in names)
+    assert n_rest in (0, 9, 24, 45)
+    degree = {0: 0, 9: 1, 24: 2, 45: 3}[n_rest]
+    assert names == ply_attribute_names(degree)        # x y z nx ny nz f_dc_* f_rest_* opacity scale_* rot_*
+    assert len(data) == end + count * 4 * len(names)

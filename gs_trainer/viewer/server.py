@@ -28,7 +28,8 @@ from .camera import camera_from_viser, fit_resolution, scene_up, viser_pose
 log = logging.getLogger("gs_trainer")
 
 STILL_S = 0.2              # a camera unchanged for this long is "still": render at full resolution
-POLL_S = 0.05              # the render thread's wake-up period when there is nothing to do
+POLL_S = 0.05              # the render thread's wake-up period while a browser is connected
+IDLE_S = 5.0               # ... and while none is (a connection wakes it at once)
 JPEG_QUALITY = 90
 DEFAULT_MAX_RESOLUTION = 1024
 DEFAULT_PREVIEW_RESOLUTION = 256
@@ -247,8 +248,8 @@ class GaussianViewer:
             try:
                 model, job = self._next_job()
                 if job is None:
-                    with self._wake:
-                        self._wake.wait(POLL_S)
+                    with self._wake:   # nobody connected: sleep until a browser connects (or close)
+                        self._wake.wait(POLL_S if self._states else IDLE_S)
                     continue
                 kind, cid, arg = job
                 client = self.server.get_clients().get(cid)
