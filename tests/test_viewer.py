@@ -119,6 +119,7 @@ def test_gs_view_in_chromium(run):
     import cv2
     from browser import Browser
     from gs_trainer.renderer import render
+    from gs_trainer.viewer.camera import viser_pose
     from gs_trainer.viewer.cli import start_viewer
     from gs_trainer.viewer.server import to_uint8
 
@@ -153,18 +154,30 @@ def test_gs_view_in_chromium(run):
                 wrong = to_uint8(render(model, other.scaled(frame.camera.width, frame.camera.height), viewer.bg).image)
             assert psnr(a, crop(cv2.resize(wrong, (w, h)))) < psnr(a, b) - 3.0
 
-            # jump to a test view: the browser's camera moves there, and the panel shows render | ground truth
+            # click a test view's frustum, as a user would: back the camera off behind test view 1 along its
+            # axis (its far face then spans the middle fifth of the screen), and click the centre
             client = next(iter(viewer.server.get_clients().values()))
-            before = viewer.frames_sent
-            viewer.select_view(client, "test", 1)
-            target = viewer.views["test"][1].camera_center_np
-            wait_until(lambda: np.allclose(client.camera.position, target, atol=1e-4), "camera jump")
-            wait_until(lambda: viewer.frames_sent > before and viewer.last_frame().full
-                       and np.allclose(viewer.last_frame().camera.camera_center_np, target, atol=1e-4),
-                       "frame at the test view")
+            target = viewer.views["test"][1]
+            wxyz, pos, _ = viser_pose(target)
+            with client.atomic():
+                client.camera.wxyz = wxyz
+                client.camera.position = pos - 4 * viewer.frustum_scale * np.asarray(target.R)[2]
+            wait_until(lambda: not np.allclose(client.camera.position, pos), "camera backed off")
+            time.sleep(1.0)
+            width, height = browser.evaluate("[window.innerWidth, window.innerHeight]")
+            jumped = lambda: np.allclose(client.camera.position, target.camera_center_np, atol=1e-4)  # noqa: E731
+            deadline = time.monotonic() + WAIT_S
+            while not jumped():                   # the page may take the first click for focus
+                assert time.monotonic() < deadline, "a click on the frustum did not move the camera"
+                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                    browser.call("Input.dispatchMouseEvent", type=kind, x=width / 2, y=height / 2,
+                                 button="left", clickCount=1)
+                time.sleep(0.5)
+            wait_until(lambda: viewer.last_frame().full and np.allclose(
+                viewer.last_frame().camera.camera_center_np, target.camera_center_np, atol=1e-4), "frame at the test view")
             browser.wait_for("document.body.innerText.includes('render | ground truth, PSNR')", timeout=WAIT_S)
-            # frustums: one per training and test view, each answering clicks
-            assert len(viewer.view_names()) == 36
+            assert browser.evaluate(f"document.body.innerText.includes('test view 1 ({target.image_name})')")
+            assert len(viewer.view_names()) == 36    # one frustum (and list entry) per training and test view
     finally:
         viewer.close()
 

@@ -139,6 +139,7 @@ class GaussianViewer:
         centers = np.stack([c.camera_center_np for c in cams])
         spread = float(np.median(np.linalg.norm(centers - centers.mean(0), axis=1))) if len(cams) > 1 else 1.0
         scale = max(0.05 * spread, 1e-3)
+        self.frustum_scale = scale
         for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
             for index, cam in enumerate(self.views[split]):
                 wxyz, pos, fov = viser_pose(cam)
