@@ -163,8 +163,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     for flag, value in (("-r/--resolution", args.resolution), ("--orbit_resolution", args.orbit_resolution)):
-        if value is not None and not (value in (1, 2, 4, 8) or value > 8):
-            print(f"gs-render: error: {flag} {value}: must be 1, 2, 4, 8 or a width in pixels > 8", file=sys.stderr)
+        if value is not None and not (value in (-1, 1, 2, 4, 8) or value > 8):
+            print(f"gs-render: error: {flag} {value}: must be -1, 1, 2, 4, 8 or a width in pixels > 8", file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.orbit_frames < 1 or args.fps < 1:
         print("gs-render: error: --orbit_frames and --fps must be at least 1", file=sys.stderr)

@@ -190,3 +190,13 @@ def test_ply_layout_is_what_the_usual_viewers_read(run):
     degree = {0: 0, 9: 1, 24: 2, 45: 3}[n_rest]
     assert names == ply_attribute_names(degree)        # x y z nx ny nz f_dc_* f_rest_* opacity scale_* rot_*
     assert len(data) == end + count * 4 * len(names)
+
+
+def test_bad_resolution_flags(run, capsys):
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert render_main(["-m", str(run), "-r", "3", "--quiet"]) == 2
+    assert render_main(["-m", str(run), "--orbit", "--orbit_resolution", "0", "--quiet"]) == 2
+    assert render_main(["-m", str(run), "--orbit", "--orbit_frames", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "-r/--resolution 3" in err and "--orbit_resolution 0" in err and "--orbit_frames" in err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
