@@ -88,6 +88,25 @@ def test_train_with_viewer_and_nobody_connected(tmp_path, capsys):
     assert (tmp_path / "r" / "point_cloud" / "iteration_5" / "point_cloud.ply").is_file()
 
 
+def test_gs_view_prints_the_url_and_stops_on_ctrl_c(run):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "gs_trainer.viewer.cli", "-m", str(run), "--port", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = wait_until(lambda: next((ln for ln in proc.stdout if "Ctrl+C" in ln), None), "the URL line")
+        assert "at http://127.0.0.1:" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # -- in a real browser -----------------------------------------------------------------------------
 def crop(image: np.ndarray) -> np.ndarray:
     """The middle of the canvas, clear of viser's side panel (top right), its notices (top left), and the
