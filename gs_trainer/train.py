@@ -91,8 +91,10 @@ def run(cfg: TrainConfig, viewer: Optional[argparse.Namespace] = None) -> dict:
         trainer.last_checkpoint = str(path)
         log.info("resumed from %s at iteration %d", path, trainer.iteration)
     log.info("training %d iterations on %s, output in %s", cfg.optim.iterations, cfg.run.device, folder.path)
-    live = start_live_viewer(trainer, viewer) if viewer is not None and viewer.viewer else None
+    live = None
     try:
+        if viewer is not None and viewer.viewer:
+            live = start_live_viewer(trainer, viewer)
         with logging_redirect_tqdm():
             results = trainer.train()
     finally:
