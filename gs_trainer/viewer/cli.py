@@ -114,8 +114,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ViewerInputError as err:
         print(f"gs-view: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"gs-view: iteration {iteration} at {viewer.url}  (Ctrl+C to stop)", flush=True)
+    except KeyboardInterrupt:      # Ctrl+C while the run was still loading
+        return 0
     try:
+        print(f"gs-view: iteration {iteration} at {viewer.url}  (Ctrl+C to stop)", flush=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
