@@ -91,7 +91,7 @@ class StageBackend:
 
     project(means, scales, rotations, opacities, shs, colors_precomp, settings) -> ProjectedGaussians
     rasterize(proj, settings, atomics, balance_threshold) -> (image [3, H, W], final_T [H, W],
-        n_contrib [H, W] int32)
+        n_contrib [H, W] int32[, depth [H, W], the expected depth, where the backend computes it])
     check(device) raises CudaBackendUnavailable when the backend cannot run on tensors of ``device``
     here; ``auto`` then falls back to the reference (with one warning).
     """
@@ -126,7 +126,7 @@ def _reference_rasterize(proj: ProjectedGaussians, settings: RasterSettings, ato
     p = Projected(proj.means2d, proj.conics, proj.colors, proj.opacities, proj.depths, proj.radii,
                   rect_min, rect_max)
     gaussian_ids, tile_ranges = bin_gaussians(p, settings)
-    return render_tiles(p, settings, gaussian_ids, tile_ranges)
+    return render_tiles(p, settings, gaussian_ids, tile_ranges, with_depth=True)
 
 
 def _need_cuda(t: torch.Tensor, caller: str) -> None:
@@ -261,8 +261,8 @@ def rasterize_projected(proj: ProjectedGaussians, *, settings: RasterSettings, a
         if t.device != proj.means2d.device:
             raise ValueError(f"rasterize_projected: {name} is on {t.device} but means2d is on {proj.means2d.device}")
     chosen = _resolve(backend, proj.means2d.device, "rasterize_projected", proj.means2d.dtype)
-    image, final_T, n_contrib = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
-    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)
+    image, final_T, n_contrib, *depth = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
+    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib, *depth)
 
 
 def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: torch.Tensor,
@@ -292,12 +292,13 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
             reference, which computes in float64 where the C++ backend computes in float32), "cuda", "cpu" (the C++
             CPU backend, float32, deterministic for any thread count) or "reference" (pure PyTorch, the oracle).
     Returns:
-        RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W]).
+        RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W],
+        depth [H, W] expected view-space depth, or None from a backend that does not compute it yet).
     """
     _check_modes(atomics, balance_threshold, "rasterize_gaussians")
     _check_tensor(means, "rasterize_gaussians")
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
     chosen = _resolve(backend, means.device, "rasterize_gaussians", means.dtype)
     proj = chosen.project(means, scales, rotations, opacities, shs, colors_precomp, settings)
-    image, final_T, n_contrib = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
-    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)
+    image, final_T, n_contrib, *depth = chosen.rasterize(proj, settings, atomics, int(balance_threshold))
+    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib, *depth)

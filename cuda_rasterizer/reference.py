@@ -219,14 +219,17 @@ def contribution_mask(proj: Projected, ids: torch.Tensor, px: torch.Tensor, py: 
 
 
 def render_tiles(proj: Projected, settings: RasterSettings, gaussian_ids: torch.Tensor,
-                 tile_ranges: torch.Tensor):
-    """Composite every tile.  Returns image [3, H, W], final_T [H, W], n_contrib [H, W] int32."""
+                 tile_ranges: torch.Tensor, *, with_depth: bool = False):
+    """Composite every tile.  Returns image [3, H, W], final_T [H, W], n_contrib [H, W] int32, and with
+    ``with_depth`` also the expected depth [H, W] (sum of alpha * T * z over the composited Gaussians, no
+    gradient)."""
     H, W = settings.image_height, settings.image_width
     gx, gy = settings.tile_grid
     device, dtype = proj.means2d.device, proj.means2d.dtype
     bg = settings.bg.to(device=device, dtype=dtype).reshape(3)
     ranges = tile_ranges.tolist()
-    pieces, pix_index, t_pieces, n_pieces = [], [], [], []
+    pieces, pix_index, t_pieces, n_pieces, d_pieces = [], [], [], [], []
+    z_all = proj.depths.detach()
     for ty in range(gy):
         for tx in range(gx):
             tile = ty * gx + tx
@@ -237,6 +240,7 @@ def render_tiles(proj: Projected, settings: RasterSettings, gaussian_ids: torch.
                 pieces.append(bg.expand(px.numel(), 3))
                 t_pieces.append(torch.ones(px.numel(), device=device, dtype=dtype))
                 n_pieces.append(torch.zeros(px.numel(), device=device, dtype=torch.int32))
+                d_pieces.append(torch.zeros(px.numel(), device=device, dtype=dtype))
                 continue
             ids = gaussian_ids[start:end]
             keep = contribution_mask(proj, ids, px, py)
@@ -252,6 +256,9 @@ def render_tiles(proj: Projected, settings: RasterSettings, gaussian_ids: torch.
             t_before = torch.cat([torch.ones_like(t_after[:, :1]), t_after[:, :-1]], dim=1)
             final_t = t_after[:, -1] if k > 0 else torch.ones(px.numel(), device=device, dtype=dtype)
             color = (alpha * t_before) @ proj.colors[ids] if k > 0 else torch.zeros(px.numel(), 3, device=device, dtype=dtype)
+            with torch.no_grad():
+                d_pieces.append((alpha * t_before) @ z_all[ids].to(dtype) if k > 0
+                                else torch.zeros(px.numel(), device=device, dtype=dtype))
             pieces.append(color + final_t[:, None] * bg)
             t_pieces.append(final_t)
             n_pieces.append(n_contrib.to(torch.int32))
@@ -261,7 +268,8 @@ def render_tiles(proj: Projected, settings: RasterSettings, gaussian_ids: torch.
     image = torch.cat(pieces)[inverse].T.reshape(3, H, W)
     final_T = torch.cat(t_pieces)[inverse].reshape(H, W)
     n_contrib = torch.cat(n_pieces)[inverse].reshape(H, W)
-    return image, final_T, n_contrib
+    depth = torch.cat(d_pieces)[inverse].reshape(H, W)
+    return (image, final_T, n_contrib, depth) if with_depth else (image, final_T, n_contrib)
 
 
 def _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings):
@@ -308,8 +316,9 @@ def rasterize_gaussians_reference(means: torch.Tensor, scales: torch.Tensor, rot
     _check_inputs(means, scales, rotations, opacities, shs, colors_precomp, settings)
     proj = project_gaussians(means, scales, rotations, opacities, shs, colors_precomp, settings)
     gaussian_ids, tile_ranges = bin_gaussians(proj, settings)
-    image, final_T, n_contrib = render_tiles(proj, settings, gaussian_ids, tile_ranges)
-    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)
+    image, final_T, n_contrib, depth = render_tiles(proj, settings, gaussian_ids, tile_ranges,
+                                                      with_depth=True)
+    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib, depth)
 
 
 def random_scene(n: int, width: int, height: int, *, seed: int = 0, sh_degree: int = 0,

@@ -13,7 +13,7 @@ Conventions (those of the original 3DGS rasterizer, written in plain pinhole ter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -111,6 +111,11 @@ class RasterOutput(NamedTuple):
     depths:    [N] camera-space z.
     final_T:   [H, W] transmittance left after the last contributor.
     n_contrib: [H, W] int32, 1 + position (in the pixel's tile list) of its last contributor, 0 if none.
+    depth:     [H, W] expected view-space depth sum_i alpha_i T_i z_i over the composited Gaussians, with
+               z_i the camera-space z of Gaussian i's mean (not normalised by the accumulated opacity
+               1 - final_T; divide by it for the depth of the surface).  Background contributes 0.  No
+               gradient flows through it.  None from backends that do not compute it yet (only the
+               reference does for now).
     """
 
     image: torch.Tensor
@@ -119,3 +124,4 @@ class RasterOutput(NamedTuple):
     depths: torch.Tensor
     final_T: torch.Tensor
     n_contrib: torch.Tensor
+    depth: Optional[torch.Tensor] = None

@@ -10,6 +10,11 @@ RUN/orbit/ours_N/frames/*.png and RUN/orbit/ours_N/orbit.mp4.
 A run folder of the original trainer opens too: its ``cfg_args`` (parsed, never evaluated) gives the scene
 and the split, ``point_cloud/iteration_N/point_cloud.ply`` the Gaussians; ``-s`` says where the scene is
 when it has moved since training.
+
+Options: ``-r R`` renders at another resolution; ``--depth`` adds depth/ (16-bit PNG, step in
+depth/scale.json) and depth_vis/ (colour map), ``--alpha`` adds alpha/ (accumulated opacity); the orbit video
+is H.264, yuv420p (orbit.webm, VP9, where H.264 cannot be written), with ``--orbit_frames``,
+``--orbit_resolution`` and ``--fps``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="store_true",
                    help="hold out every 8th view as the test split even if the run was trained without --eval")
     p.add_argument("--orbit", action="store_true", help="also render a smooth camera path as MP4 + frames")
-    p.add_argument("--orbit_frames", type=int, default=ORBIT_FRAMES)
+    p.add_argument("--orbit_frames", type=int, default=ORBIT_FRAMES, help="frames in the orbit video")
+    p.add_argument("--orbit_resolution", type=int, default=None,
+                   help="orbit frame size, with -r's rule applied to the views' size (1, 2, 4, 8 = downscale "
+                        "factor, larger = width in pixels); default: the views' size; sides rounded down to even")
+    p.add_argument("--fps", type=int, default=ORBIT_FPS, help="orbit video frame rate")
+    p.add_argument("-r", "--resolution", type=int, default=None,
+                   help="render views at this resolution, -r's rule of gs-train (1, 2, 4, 8 = downscale factor "
+                        "of the source images, larger = width in pixels); default: the run's")
+    p.add_argument("--depth", action="store_true",
+                   help="also write each view's expected depth: depth/ (16-bit PNG) and depth_vis/ (colour map)")
+    p.add_argument("--alpha", action="store_true", help="also write each view's accumulated opacity to alpha/")
     p.add_argument("-s", "--source_path", default=None, help="override the scene path stored in the run")
     p.add_argument("--device", default=None, help="default: the run's device if available, else cpu")
     p.add_argument("--backend", choices=BACKENDS, default=None,
@@ -100,18 +115,37 @@ def save_png(path: Path, image: torch.Tensor) -> None:
     atomic_write(path, lambda f: f.write(buf.tobytes()))
 
 
+class DepthUnavailable(RuntimeError):
+    """The chosen rasterizer backend does not compute depth (yet)."""
+
+
 @torch.no_grad()
-def render_split(cfg: TrainConfig, model, cameras, out_dir: Path, device) -> int:
+def render_split(cfg: TrainConfig, model, cameras, out_dir: Path, device, *, depth_step: Optional[float] = None,
+                 alpha: bool = False) -> int:
+    """Render ``cameras`` to out_dir/renders (+ gt); with ``depth_step`` also depth/ and depth_vis/, with
+    ``alpha`` also alpha/.  Raises DepthUnavailable before writing anything when the backend has no depth."""
     from tqdm import tqdm
+    from . import depth_maps
     from .renderer import render
 
     bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0], device=device)
     for index, cam in enumerate(tqdm(cameras, desc=f"rendering {out_dir.parent.name}/{out_dir.name}",
                                      disable=cfg.run.quiet)):
-        image = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
-                       backend=cfg.run.backend).image
+        out = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
+                     backend=cfg.run.backend)
+        if depth_step is not None and out.depth is None:
+            raise DepthUnavailable("--depth: this rasterizer backend does not compute depth yet; for now only "
+                                   "the PyTorch reference does (pass --backend reference)")
+        image = out.image
         if getattr(cam, "alpha_mask", None) is not None:
             image = image * cam.alpha_mask
+        name = f"{index:05d}.png"
+        if depth_step is not None:
+            if index == 0:
+                depth_maps.save_depth_scale(out_dir, depth_step)
+            depth_maps.save_depth(out_dir, name, out.depth, out.final_T, depth_step)
+        if alpha:
+            depth_maps.save_alpha(out_dir, name, out.final_T)
         save_png(out_dir / "renders" / f"{index:05d}.png", image)
         if cam.image is not None:
             save_png(out_dir / "gt" / f"{index:05d}.png", cam.image)
@@ -145,26 +179,6 @@ def orbit_cameras(cameras, num_frames: int):
         rot, trans = look_at(pos, target, world_up=up)
         path.append(Camera(i, f"orbit_{i:05d}", ref.width, ref.height, ref.fx, ref.fy, ref.cx, ref.cy, rot, trans))
     return path
-
-
-def write_video(frames_dir: Path, video_path: Path, fps: int = ORBIT_FPS) -> bool:
-    import cv2
-
-    frames = sorted(frames_dir.glob("*.png"))
-    if not frames:
-        return False
-    first = cv2.imread(str(frames[0]))
-    h, w = first.shape[:2]
-    tmp = video_path.with_name(f".{video_path.stem}.tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        log.warning("OpenCV cannot write MP4 here; the orbit frames are in %s", frames_dir)
-        return False
-    for f in frames:
-        writer.write(cv2.imread(str(f)))
-    writer.release()
-    tmp.replace(video_path)
-    return True
 
 
 def chosen_splits(args) -> tuple[str, ...]:
@@ -205,6 +219,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("gs-render: error: --split/--skip_train/--skip_test leave nothing to render", file=sys.stderr)
         return EXIT_BAD_INPUT
     run = Path(args.model_path)
+    for flag, value in (("-r/--resolution", args.resolution), ("--orbit_resolution", args.orbit_resolution)):
+        if value is not None and not (value in (-1, 1, 2, 4, 8) or value > 8):
+            print(f"gs-render: error: {flag} {value}: must be -1, 1, 2, 4, 8 or a width in pixels > 8", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.orbit_frames < 1 or args.fps < 1:
+        print("gs-render: error: --orbit_frames and --fps must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         cfg, model, iteration, device = load_run(args.model_path, args.iteration, args.device)
         _, described_by = load_run_config(run)
@@ -219,6 +240,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg.run.backend = args.backend
         cfg.model.model_path = args.model_path
         expected = check_scene(run, cfg, described_by, args.source_path)
+        if args.resolution is not None:
+            cfg.model.resolution = args.resolution
         scene = load_scene(cfg)
         found = len(scene.train_cameras) + len(scene.test_cameras)
         if expected is not None and expected != found:
@@ -236,21 +259,42 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "no test views: the run was trained without --eval (pass --eval to hold out every 8th view)")
             continue
         out = run / split / f"ours_{iteration}"
-        render_split(cfg, model, cams, out, device)
+        step = None
+        if args.depth:
+            from .depth_maps import depth_step
+            step = depth_step(cams, scene.points)
+        try:
+            render_split(cfg, model, cams, out, device, depth_step=step, alpha=args.alpha)
+        except DepthUnavailable as err:
+            print(f"gs-render: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         log.info("rendered %d %s views to %s", len(cams), split, out)
     if args.orbit:
         out = run / "orbit" / f"ours_{iteration}"
         path = orbit_cameras(list(scene.train_cameras) + list(scene.test_cameras), args.orbit_frames)
+        size = (path[0].width, path[0].height)
+        if args.orbit_resolution is not None:
+            from .data.images import target_size
+            size = target_size(size[0], size[1], args.orbit_resolution)
+        from .video import even_size, write_video
+        size = even_size(*size)
+        path = [c if (c.width, c.height) == size else c.scaled(*size) for c in path]
         bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0], device=device)
         from .renderer import render
+        from .viewer.server import to_uint8
         from tqdm import tqdm
+        frames = []
         with torch.no_grad():
             for cam in tqdm(path, desc="orbit", disable=cfg.run.quiet):
                 image = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
                                backend=cfg.run.backend).image
                 save_png(out / "frames" / f"{cam.uid:05d}.png", image)
-        if write_video(out / "frames", out / "orbit.mp4"):
-            log.info("orbit video: %s", out / "orbit.mp4")
+                frames.append(to_uint8(image))
+        video = write_video(frames, out / "orbit", fps=args.fps)
+        if video is not None:
+            log.info("orbit video (%dx%d, %d frames): %s", size[0], size[1], len(frames), video)
+        else:
+            log.warning("no orbit video could be encoded; the frames are in %s", out / "frames")
     return 0
 
 

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a -m folder that already holds another run (refused otherwise)")
+    from .viewer.cli import add_server_arguments
+    view = parser.add_argument_group("live viewer (not part of the run's config)")
+    view.add_argument("--viewer", action="store_true", help="show the scene in a web browser while it trains")
+    add_server_arguments(view, prefix="viewer_")
     return parser
 
 
@@ -247,9 +251,9 @@ def resume_command(argv: Optional[list[str]], checkpoint: str) -> str:
 
 
 def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = False,
-        signals: Optional[StopSignals] = None) -> dict:
+        signals: Optional[StopSignals] = None, viewer: Optional[argparse.Namespace] = None) -> dict:
     """Check every input, then build everything from a resolved config and train; returns the final
-    evaluation.  Nothing is written into the run folder before all inputs have been checked."""
+    evaluation (``viewer``: gs-train's --viewer flags).  Nothing is written into the run folder before all inputs have been checked."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .renderer import note_atomics
@@ -272,6 +276,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
         note_atomics(cfg.run.device, cfg.run.atomics)
     remove_temporaries(cfg.model.model_path)
     folder = open_run_folder(cfg)
+    live = None
     try:
         save_config(cfg, folder.config_path)
         folder.save_cfg_args(cfg)                     # for the original's viewer and scripts
@@ -284,6 +289,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
         if signals is not None:
             signals.trainer = trainer
         log.info("training %d iterations on %s, output in %s", cfg.optim.iterations, cfg.run.device, folder.path)
+        if viewer is not None and viewer.viewer:
+            live = start_live_viewer(trainer, viewer)
         with logging_redirect_tqdm():
             results = trainer.train()
     finally:
@@ -291,6 +298,9 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
             signals.trainer = None
         folder.close()
         remove_temporaries(folder.path)
+        if live is not None:
+            live.close()
+            log.info("the live viewer closed with training; gs-view -m %s shows the result", folder.path)
     minutes = (time.perf_counter() - started) / 60
     test = results.get("test")
     if test:
@@ -302,6 +312,20 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, atomics_given: bool = Fals
     return results
 
 
+def start_live_viewer(trainer, args: argparse.Namespace):
+    from .viewer.live import LiveViewer
+
+    try:
+        live = LiveViewer(trainer, host=args.viewer_host, port=args.viewer_port,
+                          max_resolution=args.viewer_max_resolution,
+                          preview_resolution=args.viewer_preview_resolution)
+    except OSError as err:
+        raise ConfigError(f"--viewer_host {args.viewer_host}: cannot listen there ({err})") from None
+    trainer.on_step = live.on_step
+    print(f"gs-train: live viewer at {live.url}", flush=True)
+    return live
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .data.errors import SceneError
     from .distributed.comm import RankLost
@@ -311,13 +335,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg, args = parse_args(argv)
         atomics_given = atomics_chosen(args)
+        if args.viewer:
+            from .viewer.cli import check_server_arguments, require_viser
+            problem = check_server_arguments(args.viewer_port, args.viewer_max_resolution,
+                                             args.viewer_preview_resolution, prefix="viewer_") or require_viser()
+            if problem:
+                raise ConfigError(problem)
     except ConfigError as err:
         print(f"gs-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     setup_logging(cfg.run.quiet)
     with StopSignals() as signals:
         try:
-            run(cfg, overwrite=args.overwrite, atomics_given=atomics_given, signals=signals)
+            run(cfg, overwrite=args.overwrite, atomics_given=atomics_given, signals=signals, viewer=args)
         except (SceneError, ConfigError, PlyError) as err:
             print(f"gs-train: error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT

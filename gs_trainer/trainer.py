@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -104,6 +104,8 @@ class Trainer:
         self.bg = torch.tensor([1.0, 1.0, 1.0] if cfg.model.white_background else [0.0, 0.0, 0.0],
                                device=self.device)
         self.stop_requested: Optional[int] = None   # a signal number: stop after the current iteration
+        # Called as on_step(trainer, iteration, loss) after every iteration (gs-train --viewer sets it).
+        self.on_step: Optional[Callable] = None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -280,6 +282,8 @@ class Trainer:
             pause = time.perf_counter() - paused
             self.densify_and_step(iteration, outs)
             self.iteration = iteration
+            if self.on_step is not None:
+                self.on_step(self, iteration, loss)
             del outs
             stopping = self.stop_requested is not None and iteration < total
             if iteration in ckpt_at or stopping:
