@@ -91,7 +91,8 @@ class StageBackend:
 
     project(means, scales, rotations, opacities, shs, colors_precomp, settings) -> ProjectedGaussians
     rasterize(proj, settings, atomics, balance_threshold) -> (image [3, H, W], final_T [H, W],
-        n_contrib [H, W] int32[, depth [H, W], the expected depth, where the backend computes it])
+        n_contrib [H, W] int32[, depth [H, W], the expected depth, not differentiable]); the three built-in
+        backends return the depth; a registered one that leaves it out gives RasterOutput.depth = None
     check(device) raises CudaBackendUnavailable when the backend cannot run on tensors of ``device``
     here; ``auto`` then falls back to the reference (with one warning).
     """
@@ -248,7 +249,8 @@ def rasterize_projected(proj: ProjectedGaussians, *, settings: RasterSettings, a
         atomics, balance_threshold, backend: as ``rasterize_gaussians``.
     Returns:
         RasterOutput(image [3, H, W], radii [M], means2d [M, 2], depths [M], final_T [H, W],
-        n_contrib [H, W]); radii, means2d and depths are proj's own tensors.
+        n_contrib [H, W], depth [H, W] expected view-space depth, no gradient); radii, means2d and depths are
+        proj's own tensors.
     """
     _check_modes(atomics, balance_threshold, "rasterize_projected")
     m = proj.means2d.shape[0]
@@ -293,7 +295,7 @@ def rasterize_gaussians(means: torch.Tensor, scales: torch.Tensor, rotations: to
             CPU backend, float32, deterministic for any thread count) or "reference" (pure PyTorch, the oracle).
     Returns:
         RasterOutput(image [3, H, W], radii [N], means2d [N, 2], depths [N], final_T [H, W], n_contrib [H, W],
-        depth [H, W] expected view-space depth, or None from a backend that does not compute it yet).
+        depth [H, W] expected view-space depth, no gradient; every built-in backend computes it).
     """
     _check_modes(atomics, balance_threshold, "rasterize_gaussians")
     _check_tensor(means, "rasterize_gaussians")

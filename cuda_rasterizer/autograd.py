@@ -1,8 +1,9 @@
 """torch.autograd.Functions over the CUDA extension: one per differentiable op.
 
 ``_Preprocess``: (means, scales, rotations, shs) -> (means2d, conics, colors, depths) [+ radii, tiles].
-``_Render``: (means2d, conics, colors, opacities) -> (image, final_T) [+ n_contrib]; it bins the Gaussians
-(non-differentiable) before compositing.
+``_Render``: (means2d, conics, colors, opacities) -> (image, final_T) [+ n_contrib, depth]; it bins the
+Gaussians (non-differentiable) before compositing; the expected depth comes from the same forward pass and
+carries no gradient.
 
 ``means2d`` is an output of the first and an input of the second, so ``out.means2d.retain_grad()`` gives
 dL/dmeans2d in pixel units, as with the reference.  Everything runs on the current CUDA stream of the
@@ -107,18 +108,18 @@ class _Render(torch.autograd.Function):
                 balance_threshold: int):
         ext = load_extension()
         point_list, ranges = ext.bin_gaussians(means2d, depths, radii, tiles, *cam.args())
-        image, final_T, n_contrib = ext.render_forward(means2d, conics, colors, opacities, point_list, ranges,
-                                                       *cam.args())
+        image, final_T, n_contrib, depth = ext.render_forward(means2d, conics, colors, opacities, depths,
+                                                              point_list, ranges, *cam.args())
         ctx.cam = cam
         ctx.mode = mode
         ctx.balance_threshold = balance_threshold
         ctx.save_for_backward(means2d, conics, colors, opacities, point_list, ranges, final_T, n_contrib)
-        ctx.mark_non_differentiable(n_contrib)
+        ctx.mark_non_differentiable(n_contrib, depth)
         ctx.set_materialize_grads(False)
-        return image, final_T, n_contrib
+        return image, final_T, n_contrib, depth
 
     @staticmethod
-    def backward(ctx, g_image, g_final_T, _g_n_contrib):
+    def backward(ctx, g_image, g_final_T, _g_n_contrib, _g_depth):
         need = ctx.needs_input_grad
         if not any(need[:4]) or (g_image is None and g_final_T is None):
             return (None,) * 10
@@ -151,7 +152,7 @@ def rasterize_gaussians_cuda(means: torch.Tensor, scales: torch.Tensor, rotation
         shs [N, K, 3] or colors_precomp [N, 3] (exactly one); settings: the camera;
         atomics: one of ATOMICS_MODES; balance_threshold: 1..33 (distwar and tile).
     Returns RasterOutput(image [3, H, W], radii [N] int32, means2d [N, 2], depths [N], final_T [H, W],
-        n_contrib [H, W] int32).
+        n_contrib [H, W] int32, depth [H, W] expected depth, no gradient).
     """
     if not means.is_cuda:
         raise CudaBackendUnavailable(f"rasterize_gaussians_cuda needs CUDA tensors, got means on {means.device}")
@@ -189,7 +190,8 @@ def project_gaussians_cuda(means, scales, rotations, opacities, shs, colors_prec
 
 def rasterize_projected_cuda(proj, settings, atomics, balance_threshold):
     """The rasterize stage on the extension: bin + render, differentiable through _Render.
-    Returns (image [3, H, W], final_T [H, W], n_contrib [H, W] int32)."""
+    Returns (image [3, H, W], final_T [H, W], n_contrib [H, W] int32, depth [H, W] expected depth
+    sum alpha * T * z, not differentiable)."""
     load_extension()
     device = proj.means2d.device
     cam = CameraArgs.make(settings, device)
@@ -204,5 +206,5 @@ def rasterize_projected_cuda(proj, settings, atomics, balance_threshold):
 def _rasterize(means, scales, rotations, opacities, shs, colors_precomp, settings, atomics, balance_threshold):
     """The pipeline behind rasterize_gaussians_cuda, inputs already checked: the two stages composed."""
     proj = project_gaussians_cuda(means, scales, rotations, opacities, shs, colors_precomp, settings)
-    image, final_T, n_contrib = rasterize_projected_cuda(proj, settings, atomics, balance_threshold)
-    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib)
+    image, final_T, n_contrib, depth = rasterize_projected_cuda(proj, settings, atomics, balance_threshold)
+    return RasterOutput(image, proj.radii, proj.means2d, proj.depths, final_T, n_contrib, depth)

@@ -3,8 +3,8 @@
 ``preprocess_cpu``: (means, scales, rotations, shs) -> Preprocessed(means2d, conics, colors, depths, radii,
 tiles_touched), differentiable in means, scales, rotations, shs.
 ``render_cpu``: (means2d, conics, colors, opacities) + (depths, radii, tiles_touched) -> (image, final_T,
-n_contrib); it bins the Gaussians (not differentiable) before compositing, and is differentiable in means2d,
-conics, colors and opacities.
+n_contrib, depth); it bins the Gaussians (not differentiable) before compositing, and is differentiable in
+means2d, conics, colors and opacities (the expected depth, from the same pass, carries no gradient).
 
 The two stages are callable on their own (the projected Gaussians can come from elsewhere, e.g. another
 rank); ``rasterize_gaussians_cpu`` is their composition, with the same call and outputs as the reference.
@@ -90,17 +90,17 @@ class _RenderCPU(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opacities, depths, radii, tiles, cam: CpuCamera):
         ext = load_cpu_extension()
         point_list, ranges, offsets, pair_pos = ext.bin_gaussians(means2d, depths, radii, tiles, *cam.args())
-        image, final_T, n_contrib = ext.render_forward(means2d, conics, colors, opacities, point_list, ranges,
-                                                       *cam.args())
+        image, final_T, n_contrib, depth = ext.render_forward(means2d, conics, colors, opacities, depths,
+                                                              point_list, ranges, *cam.args())
         ctx.cam = cam
         ctx.save_for_backward(means2d, conics, colors, opacities, point_list, ranges, offsets, pair_pos,
                               final_T, n_contrib)
-        ctx.mark_non_differentiable(n_contrib)
+        ctx.mark_non_differentiable(n_contrib, depth)
         ctx.set_materialize_grads(False)
-        return image, final_T, n_contrib
+        return image, final_T, n_contrib, depth
 
     @staticmethod
-    def backward(ctx, g_image, g_final_T, _g_n_contrib):
+    def backward(ctx, g_image, g_final_T, _g_n_contrib, _g_depth):
         need = ctx.needs_input_grad
         if not any(need[:4]) or (g_image is None and g_final_T is None):
             return (None,) * 8
@@ -146,7 +146,8 @@ def render_cpu(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor
 
     Args: means2d [N, 2], conics [N, 3], colors [N, 3], opacities [N] (differentiable); depths [N],
     radii [N] int32, tiles [N] int32 (the binning, as stage 1 returns them).
-    Returns (image [3, H, W], final_T [H, W], n_contrib [H, W] int32).
+    Returns (image [3, H, W], final_T [H, W], n_contrib [H, W] int32, depth [H, W] expected depth
+    sum alpha * T * z, not differentiable).
     """
     for name, t in (("radii", radii), ("tiles", tiles)):
         if t.dtype != torch.int32:
@@ -165,7 +166,7 @@ def rasterize_gaussians_cpu(means: torch.Tensor, scales: torch.Tensor, rotations
         means [N, 3], scales [N, 3], rotations [N, 4] (w, x, y, z), opacities [N] or [N, 1];
         shs [N, K, 3] or colors_precomp [N, 3] (exactly one); settings: the camera.
     Returns RasterOutput(image [3, H, W], radii [N] int32, means2d [N, 2], depths [N], final_T [H, W],
-        n_contrib [H, W] int32), in float32.
+        n_contrib [H, W] int32, depth [H, W] expected depth, no gradient), in float32.
     Raises ValueError naming the tensor for a wrong shape, device or dtype, or a NaN.
     Deterministic: bitwise the same for any thread count.
     """
@@ -177,6 +178,6 @@ def rasterize_gaussians_cpu(means: torch.Tensor, scales: torch.Tensor, rotations
     load_cpu_extension()  # raises CpuBackendUnavailable before any graph is built
     pre = preprocess_cpu(means, scales, rotations, shs, settings)
     colors = pre.colors if colors_f is None else colors_f
-    image, final_T, n_contrib = render_cpu(pre.means2d, pre.conics, colors, opacities_f, pre.depths, pre.radii,
-                                           pre.tiles, settings)
-    return RasterOutput(image, pre.radii, pre.means2d, pre.depths, final_T, n_contrib)
+    image, final_T, n_contrib, depth = render_cpu(pre.means2d, pre.conics, colors, opacities_f, pre.depths,
+                                                  pre.radii, pre.tiles, settings)
+    return RasterOutput(image, pre.radii, pre.means2d, pre.depths, final_T, n_contrib, depth)

@@ -45,8 +45,8 @@ class BackwardRenderProbe:
             self.means2d, self.conics, self.colors, self.radii = means2d, conics, colors, radii
             self.opacities = f(opacities, "opacities").reshape(-1).contiguous()
             self.point_list, self.ranges = self.ext.bin_gaussians(means2d, depths, radii, tiles, *self.cam.args())
-            self.image, self.final_T, self.n_contrib = self.ext.render_forward(
-                self.means2d, self.conics, self.colors, self.opacities, self.point_list, self.ranges,
+            self.image, self.final_T, self.n_contrib, _ = self.ext.render_forward(
+                self.means2d, self.conics, self.colors, self.opacities, depths, self.point_list, self.ranges,
                 *self.cam.args())
         # the backward render's gradients (means2d 2N | conics 3N | colours 3N | opacities N), reused by
         # every backward_render call

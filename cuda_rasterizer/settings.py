@@ -114,8 +114,8 @@ class RasterOutput(NamedTuple):
     depth:     [H, W] expected view-space depth sum_i alpha_i T_i z_i over the composited Gaussians, with
                z_i the camera-space z of Gaussian i's mean (not normalised by the accumulated opacity
                1 - final_T; divide by it for the depth of the surface).  Background contributes 0.  No
-               gradient flows through it.  None from backends that do not compute it yet (only the
-               reference does for now).
+               gradient flows through it.  Every built-in backend computes it (cuda and cpu in the
+               forward pass that composites the colour); None only from a registered backend without it.
     """
 
     image: torch.Tensor

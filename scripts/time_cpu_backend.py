@@ -52,7 +52,8 @@ def main() -> None:
         m2d, con, col, dep, radii, tiles, clamped = timed("preprocess", lambda: ext.preprocess_forward(
             means, scales, rots, shs, *cam.args()))
         pl, rg, off, pp = timed("bin", lambda: ext.bin_gaussians(m2d, dep, radii, tiles, *cam.args()))
-        img, fT, nc = timed("render forward", lambda: ext.render_forward(m2d, con, col, ops, pl, rg, *cam.args()))
+        img, fT, nc, _ = timed("render forward", lambda: ext.render_forward(m2d, con, col, ops, dep, pl, rg,
+                                                                            *cam.args()))
         gr = timed("render backward", lambda: ext.render_backward(m2d, con, col, ops, pl, rg, off, pp, fT, nc, g,
                                                                   None, *cam.args()))
         timed("preprocess backward", lambda: ext.preprocess_backward(means, scales, rots, shs, tiles, clamped, gr[0],

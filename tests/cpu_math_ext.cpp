@@ -88,7 +88,7 @@ std::vector<Tensor> bin_gaussians(Tensor means2d, Tensor depths, Tensor radii, T
 }
 
 // The forward kernel's per-pixel loop, pixel by pixel.
-std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities,
+std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor depths,
                                    Tensor point_list, Tensor ranges, Tensor view, Tensor campos, Tensor bg,
                                    std::vector<double> f, std::vector<int64_t> i) {
     Cam c = make_cam(view, campos, bg, f, i);
@@ -97,12 +97,13 @@ std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors,
     Tensor image = torch::empty({3, H, W}, torch::kFloat32);
     Tensor final_T = torch::empty({H, W}, torch::kFloat32);
     Tensor n_contrib = torch::empty({H, W}, torch::kInt32);
-    const float *m2 = fp(means2d), *co = fp(conics), *col = fp(colors), *op = fp(opacities);
+    Tensor depth = torch::empty({H, W}, torch::kFloat32);
+    const float *m2 = fp(means2d), *co = fp(conics), *col = fp(colors), *op = fp(opacities), *z = fp(depths);
     const int *pl = point_list.data_ptr<int>(), *rg = ranges.data_ptr<int>();
     for (int py = 0; py < H; ++py)
         for (int px = 0; px < W; ++px) {
             const int tile = (py / gsr::kBlockY) * cam.grid_x + px / gsr::kBlockX;
-            float T = 1.f, C[3] = {0.f, 0.f, 0.f};
+            float T = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
             int contributor = 0, last = 0;
             for (int k = rg[2 * tile]; k < rg[2 * tile + 1]; ++k) {
                 const int g = pl[k];
@@ -114,6 +115,8 @@ std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors,
                 const float test_T = T * (1.f - alpha);
                 if (test_T < gsr::kTMin) break;
                 for (int ch = 0; ch < 3; ++ch) C[ch] += col[3 * g + ch] * alpha * T;
+                const float weight = alpha * T;
+                D += weight * z[g];
                 T = test_T;
                 last = contributor;
             }
@@ -121,8 +124,9 @@ std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors,
             for (int ch = 0; ch < 3; ++ch) fp(image)[ch * H * W + pix] = C[ch] + T * cam.bg[ch];
             fp(final_T)[pix] = T;
             n_contrib.data_ptr<int>()[pix] = last;
+            fp(depth)[pix] = D;
         }
-    return {image, final_T, n_contrib};
+    return {image, final_T, n_contrib, depth};
 }
 
 // The backward kernel's per-pixel loop, back to front, accumulating sequentially.

@@ -21,6 +21,10 @@ from cuda_rasterizer.reference import random_scene
 #: Images and final transmittance (the issue's target): float32 compositing in the kernels' order against
 #: the reference's cumprod/matmul; observed <= 3e-7.
 IMAGE_ATOL = 1e-5
+#: Expected depth sum alpha T z (no gradient), relative to the largest depth of the image: the same float32
+#: compositing as the colour, with the scene's z (~1-6 here) in place of colours <= ~1; observed <= 1.2e-6
+#: absolute (~2.5e-7 relative).
+DEPTH_RTOL = 1e-5
 #: Relative L2 error of each gradient tensor (the issue's target); observed <= 1e-6 on these scenes.
 GRAD_REL_L2 = 1e-4
 #: 60 iterations of data/tabletop at quarter resolution through gs-train: clearly above the initial point cloud.
@@ -68,6 +72,7 @@ def _compare(scene, *, colors=False, with_T=True, seed=0):
     assert (ro.image - co.image).abs().max() <= IMAGE_ATOL
     assert (ro.final_T - co.final_T).abs().max() <= IMAGE_ATOL
     assert torch.allclose(ro.depths, co.depths.to(ro.depths.dtype), atol=1e-6, rtol=1e-6)
+    assert_depth_close(co, ro)
     for name, a, b in zip(("means", "scales", "rotations", "opacities", "colors" if colors else "shs", "means2d"),
                           rg + [rm], cg + [cm]):
         assert b is not None and b.shape == a.shape, name
@@ -75,6 +80,15 @@ def _compare(scene, *, colors=False, with_T=True, seed=0):
         err = ((a - b.to(a.dtype)).norm() / a.norm().clamp_min(1e-12)).item()
         assert err <= GRAD_REL_L2, f"{name}: relative L2 error {err:.2e}"
     return ro, co
+
+
+def assert_depth_close(out, ref):
+    """out.depth (a backend's, from its forward pass) against the reference's, with no gradient."""
+    assert out.depth is not None and out.depth.shape == ref.depth.shape
+    assert not out.depth.requires_grad
+    scale = max(float(ref.depth.abs().max()), 1.0)
+    err = float((out.depth.to(ref.depth.dtype) - ref.depth).abs().max())
+    assert err <= DEPTH_RTOL * scale, f"depth: max error {err:.2e} for depths up to {scale:.2f}"
 
 
 @pytest.mark.parametrize("sh_degree", [0, 1, 2, 3])
@@ -122,6 +136,7 @@ def test_no_gaussian_visible_and_zero_gaussians():
                              g_image=torch.ones(3, 17, 33))
         assert torch.allclose(out.image, settings.bg.reshape(3, 1, 1).expand(3, 17, 33))
         assert torch.all(out.final_T == 1) and torch.all(out.n_contrib == 0)
+        assert torch.all(out.depth == 0)
         for g in grads:
             assert g is None or (g.shape[0] == n and torch.all(g == 0))
 
@@ -130,10 +145,11 @@ def test_stages_compose_to_the_full_render():
     means, scales, rots, ops, shs, settings = random_scene(200, 50, 40, seed=2, sh_degree=1)
     full = rasterize_gaussians(means, scales, rots, ops, shs=shs, settings=settings, backend="cpu")
     pre = preprocess_cpu(means, scales, rots, shs, settings)
-    image, final_T, n_contrib = render_cpu(pre.means2d, pre.conics, pre.colors, ops, pre.depths, pre.radii,
-                                           pre.tiles, settings)
+    image, final_T, n_contrib, depth = render_cpu(pre.means2d, pre.conics, pre.colors, ops, pre.depths, pre.radii,
+                                                  pre.tiles, settings)
     assert torch.equal(image, full.image) and torch.equal(final_T, full.final_T)
     assert torch.equal(n_contrib, full.n_contrib) and torch.equal(pre.radii, full.radii)
+    assert torch.equal(depth, full.depth)
 
 
 def _grads_at(threads, scene):
@@ -145,7 +161,7 @@ def _grads_at(threads, scene):
                                g_image=torch.linspace(-1, 1, 3 * 70 * 90).reshape(3, 70, 90))
     finally:
         torch.set_num_threads(before)
-    return [out.image, out.final_T] + grads + [g2d]
+    return [out.image, out.final_T, out.depth] + grads + [g2d]
 
 
 def test_deterministic_for_a_thread_count_and_across_thread_counts():
@@ -274,7 +290,7 @@ def test_extension_refuses_non_contiguous_and_wrong_dtype_with_value_errors(ext)
     if bad_ids.numel():
         bad_ids[0] = 10_000
         with pytest.raises(ValueError, match="point_list"):
-            ext.render_forward(pre[0], pre[1], pre[2], ops.reshape(-1), bad_ids, ranges, *cam.args())
+            ext.render_forward(pre[0], pre[1], pre[2], ops.reshape(-1), pre[3], bad_ids, ranges, *cam.args())
 
 
 def test_zero_pixel_image_is_a_value_error(ext):

@@ -47,7 +47,7 @@ class CheckedCpuExt:
 
     def render_forward(self, *args):
         self._check("render_forward", args)
-        return self.cpu.render_forward(*args[:11])
+        return self.cpu.render_forward(*args[:12])
 
     def render_backward(self, *args):
         self._check("render_backward", args)

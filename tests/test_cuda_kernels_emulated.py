@@ -59,7 +59,7 @@ def prepared(n, width, height, seed, sh_degree, opacity_range=None):
 def run_forward(ext, means, scales, rots, ops, shs, cam):
     pre = ext.preprocess_forward(means, scales, rots, shs, *cam)
     bins = ext.bin_gaussians(pre[0], pre[3], pre[4], pre[5], *cam)
-    fwd = ext.render_forward(pre[0], pre[1], pre[2], ops, bins[0], bins[1], *cam)
+    fwd = ext.render_forward(pre[0], pre[1], pre[2], ops, pre[3], bins[0], bins[1], *cam)
     return pre, bins, fwd
 
 

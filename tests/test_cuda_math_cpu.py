@@ -74,7 +74,8 @@ def cpu_pipeline(means, scales, rotations, opacities, shs, colors_precomp, setti
     if colors_precomp is not None:
         colors = colors_precomp
     point_list, ranges = ext.bin_gaussians(means2d, depths, radii, tiles, *cam)
-    image, final_T, n_contrib = ext.render_forward(means2d, conics, colors, opac, point_list, ranges, *cam)
+    image, final_T, n_contrib, depth = ext.render_forward(means2d, conics, colors, opac, depths, point_list, ranges,
+                                                          *cam)
     g_m2d, g_con, g_col, g_op = ext.render_backward(means2d, conics, colors, opac, point_list, ranges, final_T,
                                                     n_contrib, grad_image.contiguous(), grad_final_T, *cam)
     g_m2d_total = g_m2d if grad_means2d_extra is None else g_m2d + grad_means2d_extra
@@ -82,7 +83,7 @@ def cpu_pipeline(means, scales, rotations, opacities, shs, colors_precomp, setti
         means, scales, rotations, shs, tiles, clamped, g_m2d_total, g_con, g_col if shs is not None else None,
         grad_depths, *cam)
     fwd = dict(image=image, radii=radii, means2d=means2d, depths=depths, final_T=final_T, n_contrib=n_contrib,
-               point_list=point_list, ranges=ranges, conics=conics, colors=colors, opacities=opac)
+               depth=depth, point_list=point_list, ranges=ranges, conics=conics, colors=colors, opacities=opac)
     grads = dict(means=g_means, scales=g_scales, rotations=g_rot, opacities=g_op.reshape(opacities.shape),
                  means2d=g_m2d)
     if shs is not None:

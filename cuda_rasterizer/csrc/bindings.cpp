@@ -194,10 +194,11 @@ gsr::RenderParams render_params(const Tensor& means2d, const Tensor& conics, con
     return p;
 }
 
-// -> (image [3,H,W], final_T [H,W], n_contrib [H,W] int32)
+// depths [N]: the Gaussians' camera-space z, composited into depth in the same pass.
+// -> (image [3,H,W], final_T [H,W], n_contrib [H,W] int32, depth [H,W] expected depth sum alpha * T * z)
 std::vector<Tensor> render_forward(const Tensor& means2d, const Tensor& conics, const Tensor& colors,
-                                   const Tensor& opacities, const Tensor& point_list, const Tensor& ranges,
-                                   const Tensor& view, const Tensor& campos, const Tensor& bg,
+                                   const Tensor& opacities, const Tensor& depths, const Tensor& point_list,
+                                   const Tensor& ranges, const Tensor& view, const Tensor& campos, const Tensor& bg,
                                    const std::vector<double>& f, const std::vector<int64_t>& i, int64_t stream,
                                    bool debug) {
     check_device(means2d, "means2d");
@@ -205,15 +206,19 @@ std::vector<Tensor> render_forward(const Tensor& means2d, const Tensor& conics, 
     const c10::DeviceGuard guard(device);
     const gsr::Camera cam = make_camera(view, campos, bg, f, i, device);
     gsr::RenderParams p = render_params(means2d, conics, colors, opacities, point_list, ranges, cam);
+    check_tensor(depths, "depths", device, torch::kFloat32, {means2d.size(0)});
     const auto opt = means2d.options();
     Tensor image = torch::empty({3, cam.height, cam.width}, opt);
     Tensor final_T = torch::empty({cam.height, cam.width}, opt);
     Tensor n_contrib = torch::empty({cam.height, cam.width}, opt.dtype(torch::kInt32));
+    Tensor depth = torch::empty({cam.height, cam.width}, opt);
+    p.depths = depths.data_ptr<float>();
     p.image = image.data_ptr<float>();
     p.final_T = final_T.data_ptr<float>();
     p.n_contrib = n_contrib.data_ptr<int>();
+    p.depth = depth.data_ptr<float>();
     check_status(gsr::launch_render_forward(cam, p, as_stream(stream), debug));
-    return {image, final_T, n_contrib};
+    return {image, final_T, n_contrib, depth};
 }
 
 // The backward render into grads [N * kGradValues] (means2d 2N | conics 3N | colours 3N | opacities N), which

@@ -470,11 +470,13 @@ GSR_HD bool gaussian_alpha(float mx, float my, const float conic[3], float opaci
 struct PixelFwdState {
     float T;      // transmittance in front of the next Gaussian
     float C[3];   // colour composited so far (background excluded)
+    float D;      // expected depth so far, sum of alpha * T * z (pixel_forward_step_depth only)
     int last;     // 1-based list position of the last composited Gaussian, 0 if none
 };
 
 GSR_HD void pixel_forward_init(PixelFwdState& st) {
     st.T = 1.f;
+    st.D = 0.f;
     st.last = 0;
     for (int c = 0; c < 3; ++c) st.C[c] = 0.f;
 }
@@ -491,6 +493,16 @@ GSR_HD bool pixel_forward_step(PixelFwdState& st, float alpha, const float color
     for (int c = 0; c < 3; ++c) st.C[c] += color[c] * alpha * st.T;
     st.T = test_T;
     st.last = position;
+    return true;
+}
+
+// pixel_forward_step that also composites the Gaussian's camera-space depth z into st.D with the same weight
+// (alpha * T) as its colour: the expected depth the forward kernels return (no gradient flows through it).
+GSR_HD bool pixel_forward_step_depth(PixelFwdState& st, float alpha, const float color[3], float z,
+                                     int position) {
+    float weight;
+    if (!pixel_forward_step(st, alpha, color, position, weight)) return false;
+    st.D += weight * z;
     return true;
 }
 

@@ -114,12 +114,14 @@ struct RenderParams {
     const float* conics;          // [N, 3]
     const float* colors;          // [N, 3]
     const float* opacities;       // [N]
+    const float* depths;          // [N] camera-space z (forward: composited into depth); null: z taken as 0
     const int* point_list;        // [num_rendered] sorted Gaussian ids
     const int* ranges;            // [num_tiles, 2]
     // forward outputs, backward inputs
     float* image;                 // [3, H, W]
     float* final_T;               // [H, W]
     int* n_contrib;               // [H, W]
+    float* depth;                 // [H, W] forward out, expected depth sum alpha * T * z; null: not written
     // backward
     const float* grad_image;      // [3, H, W]
     const float* grad_final_T;    // [H, W] or null

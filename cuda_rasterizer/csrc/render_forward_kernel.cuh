@@ -14,6 +14,7 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
     __shared__ float2 s_xy[kBlockSize];
     __shared__ float4 s_con_o[kBlockSize];
     __shared__ float s_col[3 * kBlockSize];
+    __shared__ float s_z[kBlockSize];
 
     bool done = !inside;  // pixels past the image edge help load shared memory, nothing else
     PixelFwdState st;
@@ -29,6 +30,7 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
             s_xy[t] = make_float2(p.means2d[2 * g], p.means2d[2 * g + 1]);
             s_con_o[t] = make_float4(p.conics[3 * g], p.conics[3 * g + 1], p.conics[3 * g + 2], p.opacities[g]);
             for (int c = 0; c < 3; ++c) s_col[3 * t + c] = p.colors[3 * g + c];
+            s_z[t] = p.depths ? p.depths[g] : 0.f;
         }
         __syncthreads();
         for (int j = 0; !done && j < batch_n; ++j) {
@@ -37,8 +39,7 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
             const float conic[3] = {co.x, co.y, co.z};
             float dx, dy, G, alpha;
             if (!gaussian_alpha(s_xy[j].x, s_xy[j].y, conic, co.w, pxf, pyf, dx, dy, G, alpha)) continue;
-            float weight;
-            if (!pixel_forward_step(st, alpha, s_col + 3 * j, contributor, weight)) done = true;
+            if (!pixel_forward_step_depth(st, alpha, s_col + 3 * j, s_z[j], contributor)) done = true;
         }
     }
     if (inside) {
@@ -47,6 +48,7 @@ __global__ void __launch_bounds__(kBlockSize) render_forward_kernel(Camera cam, 
         for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = st.C[c] + st.T * cam.bg[c];
         p.final_T[pix] = st.T;
         p.n_contrib[pix] = st.last;
+        if (p.depth) p.depth[pix] = st.D;
     }
 }
 

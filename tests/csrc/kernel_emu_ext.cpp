@@ -100,18 +100,20 @@ gsr::RenderParams render_params(const Tensor& means2d, const Tensor& conics, con
     return p;
 }
 
-std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities,
+std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor depths,
                                    Tensor point_list, Tensor ranges, Tensor view, Tensor campos, Tensor bg,
                                    std::vector<double> f, std::vector<int64_t> i) {
     Cam c = make_cam(view, campos, bg, f, i);
     gsr::RenderParams p = render_params(means2d, conics, colors, opacities, point_list, ranges);
     const int H = c.cam.height, W = c.cam.width;
     Tensor image = torch::full({3, H, W}, -1.f), final_T = torch::full({H, W}, -1.f);
-    Tensor n_contrib = torch::full({H, W}, -1, torch::kInt32);
-    p.image = fp(image); p.final_T = fp(final_T); p.n_contrib = n_contrib.data_ptr<int>();
+    Tensor n_contrib = torch::full({H, W}, -1, torch::kInt32), depth = torch::full({H, W}, -1.f);
+    depths = depths.contiguous();
+    p.depths = fp(depths);
+    p.image = fp(image); p.final_T = fp(final_T); p.n_contrib = n_contrib.data_ptr<int>(); p.depth = fp(depth);
     emu::launch(dim3(c.cam.grid_x, c.cam.grid_y), dim3(gsr::kBlockX, gsr::kBlockY),
                 [&] { gsr::render_forward_kernel(c.cam, p); });
-    return {image, final_T, n_contrib};
+    return {image, final_T, n_contrib, depth};
 }
 
 std::vector<Tensor> render_backward(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities,

@@ -1,5 +1,5 @@
 // The CPU backend's stages: host loops around the very math.cuh functions the CUDA kernels call
-// (preprocess_one, preprocess_backward_one, tile_rect, gaussian_alpha, pixel_forward_step,
+// (preprocess_one, preprocess_backward_one, tile_rect, gaussian_alpha, pixel_forward_step_depth,
 // render_backward_step).  Torch-free: raw pointers and the params structs of rasterizer.h; the torch glue is
 // cpu_bindings.cpp.
 //
@@ -145,8 +145,9 @@ inline void bin(const Camera& cam, const BinningParams& b, const BinOutputs& out
 }
 
 // A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b, and
-// the power below which the pair cannot reach alpha >= 1/255 (see may_composite).
-constexpr int kStaged = 10;
+// the power below which the pair cannot reach alpha >= 1/255 (see may_composite), and the camera-space z
+// (0 when p.depths is null).
+constexpr int kStaged = 11;
 // Safety margin of that bound, in units of power (a factor e on alpha): covers any rounding difference
 // between the bound's arithmetic and gaussian_alpha's.
 constexpr float kPowerCutMargin = 1.f;
@@ -163,6 +164,7 @@ inline void stage_tile(const RenderParams& p, int start, int count, std::vector<
         for (int k = 0; k < 3; ++k) d[6 + k] = p.colors[3 * g + k];
         // opacity * exp(power) >= 1/255 needs power >= log(1/255 / opacity); opacity <= 0: never
         d[9] = d[5] > 0.f ? logf(kAlphaMin / d[5]) - kPowerCutMargin : INFINITY;
+        d[10] = p.depths ? p.depths[g] : 0.f;
     }
 }
 
@@ -185,7 +187,7 @@ inline TileBox tile_box(const Camera& cam, int64_t t) {
                    std::min(cam.height, (ty + 1) * kBlockY)};
 }
 
-// image, final_T and n_contrib of p are written for every pixel.
+// image, final_T, n_contrib and (when not null) depth of p are written for every pixel.
 inline void render_forward(const Camera& cam, const RenderParams& p, int threads) {
     const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
     parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
@@ -201,14 +203,15 @@ inline void render_forward(const Camera& cam, const RenderParams& p, int threads
                 for (int j = 0; j < n_items; ++j) {
                     const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
                     if (!may_composite(s, pxf, pyf)) continue;
-                    float dx, dy, G, alpha, weight;
+                    float dx, dy, G, alpha;
                     if (!gaussian_alpha(s[0], s[1], s + 2, s[5], pxf, pyf, dx, dy, G, alpha)) continue;
-                    if (!pixel_forward_step(st, alpha, s + 6, j + 1, weight)) break;
+                    if (!pixel_forward_step_depth(st, alpha, s + 6, s[10], j + 1)) break;
                 }
                 const int64_t pix = static_cast<int64_t>(py) * cam.width + px;
                 for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = st.C[c] + st.T * cam.bg[c];
                 p.final_T[pix] = st.T;
                 p.n_contrib[pix] = st.last;
+                if (p.depth) p.depth[pix] = st.D;
             }
         }
     });
