@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cuda_rasterizer.reference import random_scene
-from test_cuda_math_cpu import cam_args, cpu_ext
+from cuda_rasterizer.reference import random_scene, rasterize_gaussians_reference
+from test_cuda_math_cpu import assert_depth_close, cam_args, cpu_ext
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE.parent / "cuda_rasterizer" / "csrc"
@@ -80,8 +80,11 @@ def check_scene(means, scales, rots, ops, shs, settings, policies, seed):
         assert torch.equal(a, b), f"preprocess kernel: {name} differs"
     assert torch.equal(bins_e[0], bins_c[0]), "duplicate/sort: point list differs"
     assert torch.equal(bins_e[1], bins_c[1]), "tile_ranges_kernel: ranges differ"
-    for name, a, b in zip(("image", "final_T", "n_contrib"), fwd_e, fwd_c):
+    for name, a, b in zip(("image", "final_T", "n_contrib", "depth"), fwd_e, fwd_c):
         assert torch.equal(a, b), f"render_forward_kernel: {name} differs"
+    with torch.no_grad():
+        ref = rasterize_gaussians_reference(means, scales, rots, ops, shs, settings=settings)
+    assert_depth_close(fwd_e[3], ref.depth)   # the kernel's expected depth, against the oracle
 
     g = torch.Generator().manual_seed(seed)
     grad_image = torch.randn(3, settings.image_height, settings.image_width, generator=g)
@@ -131,7 +134,7 @@ def test_kernels_empty_scene():
     scene = prepared(0, 20, 17, seed=0, sh_degree=0)
     emu = emu_ext()
     pre, bins, fwd = run_forward(emu, *scene[:5], cam_args(scene[5]))
-    assert bins[0].numel() == 0 and (fwd[2] == 0).all() and (fwd[1] == 1).all()
+    assert bins[0].numel() == 0 and (fwd[2] == 0).all() and (fwd[1] == 1).all() and (fwd[3] == 0).all()
 
 
 def test_pair_count_past_int32_is_an_error_not_a_wrap():

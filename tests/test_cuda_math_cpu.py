@@ -37,6 +37,9 @@ GRAD_RTOL = 1e-2
 #: A pixel whose pair flipped at a threshold gains or loses one contribution alpha * T * colour (about
 #: 0.01 * colour at most); such pixels (at most FLIP_FRACTION) may exceed IMAGE_ATOL, up to this.
 FLIP_IMAGE_MAX = 0.05
+#: Expected depth (z composited with the colours' weights), relative to the image's largest depth: the
+#: colour's IMAGE_ATOL argument with z in place of a colour; flipped pixels as for the image.
+DEPTH_RTOL = 2e-5
 
 _ext = None
 
@@ -184,7 +187,15 @@ def test_forward_matches_reference(kind, seed):
     flips = (fwd["n_contrib"] != ref.n_contrib).float().mean().item()
     assert flips <= FLIP_FRACTION, f"n_contrib differs on {flips:.2%} of pixels"
     assert_image_close(fwd["image"], fwd["final_T"], ref.image, ref.final_T)
+    assert_depth_close(fwd["depth"], ref.depth)
     assert ref.n_contrib.max() > 0
+
+
+def assert_depth_close(depth, ref_depth):
+    scale = max(float(ref_depth.abs().max()), 1.0)
+    err = (depth - ref_depth).abs() / scale
+    assert (err > DEPTH_RTOL).float().mean().item() <= FLIP_FRACTION, f"{int((err > DEPTH_RTOL).sum())} pixels off"
+    assert err.max() <= FLIP_IMAGE_MAX, f"depth error {err.max():.2e} (relative to {scale:.2f})"
 
 
 def assert_image_close(image, final_T, ref_image, ref_final_T):
