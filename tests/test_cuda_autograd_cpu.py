@@ -15,7 +15,7 @@ import torch
 from cuda_rasterizer import autograd, profiling
 from cuda_rasterizer._backend import CudaBackendUnavailable, find_cuda_home, load_extension
 from cuda_rasterizer.reference import random_scene
-from test_cuda_math_cpu import assert_close_grad, cpu_ext, make_scene, reference_run
+from test_cuda_math_cpu import assert_close_grad, assert_depth_close, cpu_ext, make_scene, reference_run
 
 
 class CheckedCpuExt:
@@ -115,9 +115,12 @@ def test_autograd_plumbing_matches_reference(fake_ext, kind, seed, precomp):
     grad_image, grad_final_T = torch.randn(3, H, W, generator=g), torch.randn(H, W, generator=g)
     grad_depths = 0.01 * torch.randn(means.shape[0], generator=g)
     out, got = run_autograd(means, scales, rots, ops, shs, colors, settings, grad_image, grad_final_T, grad_depths)
-    _, want = reference_run(means, scales, rots, ops, shs, colors, settings, grad_image, grad_final_T, None,
-                            grad_depths)
+    ref, want = reference_run(means, scales, rots, ops, shs, colors, settings, grad_image, grad_final_T, None,
+                              grad_depths)
     assert out.radii.dtype == torch.int32 and out.n_contrib.dtype == torch.int32
+    # the expected depth: render_forward's fourth output, through _Render as a non-differentiable output
+    assert out.depth is not None and not out.depth.requires_grad
+    assert_depth_close(out.depth, ref.depth.detach())
     for name in want:
         assert_close_grad(name, got[name], want[name])
     assert {"preprocess_forward", "bin_gaussians", "render_forward", "render_backward",
