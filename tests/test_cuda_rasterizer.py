@@ -24,6 +24,10 @@ IMAGE_ATOL = 1e-4
 #: the pixel then gains or loses one contribution alpha * T * colour, at most about 0.01 * colour for these
 #: scenes' colours (< 3).  Such pixels (at most FLIP_FRACTION of them) may exceed IMAGE_ATOL, up to this.
 FLIP_IMAGE_MAX = 0.05
+#: Expected depth (z composited with the colours' weights, same pass), relative to the image's largest depth:
+#: the image's argument with z in place of a colour, so the same bounds (a flipped pair moves a pixel's depth
+#: by at most about 0.01 z).
+DEPTH_RTOL = IMAGE_ATOL
 #: Whole-tensor relative L2 error of a gradient against autograd of the reference (CPU emulation of the same
 #: math: <= 1e-5; the GPU adds FMA contraction and atomics order).  A wrong term gives errors of order 1.
 GRAD_REL_L2 = 1e-3
@@ -148,7 +152,37 @@ def test_forward_matches_reference(name):
     err = torch.maximum((out.image.cpu() - ref.image).abs().amax(0), (out.final_T.cpu() - ref.final_T).abs())
     assert (err > IMAGE_ATOL).float().mean().item() <= FLIP_FRACTION, f"{int((err > IMAGE_ATOL).sum())} pixels off"
     assert err.max() <= FLIP_IMAGE_MAX, f"image error {err.max():.2e}"
+    assert_depth_close(out.depth, ref.depth)
     assert ref.n_contrib.max() > 0 and (radii == 0).any() and (radii > 0).any()
+
+
+def assert_depth_close(depth, ref_depth):
+    """The CUDA forward's expected depth [H, W] against the reference's."""
+    assert depth is not None and depth.is_cuda and depth.shape == ref_depth.shape
+    scale = max(float(ref_depth.abs().max()), 1.0)
+    err = (depth.cpu() - ref_depth).abs() / scale
+    assert (err > DEPTH_RTOL).float().mean().item() <= FLIP_FRACTION, f"{int((err > DEPTH_RTOL).sum())} pixels off"
+    assert err.max() <= FLIP_IMAGE_MAX, f"depth error {err.max():.2e} (relative to {scale:.2f})"
+
+
+def test_depth_through_the_stages_has_no_gradient():
+    """project + rasterize stages on CUDA give the same depth as the composed call, with no gradient,
+    and backward through the image still works beside it."""
+    from cuda_rasterizer import project_gaussians, rasterize_projected
+    means, scales, rots, ops, shs, settings = scene_by_name("overlapping")
+    with torch.no_grad():
+        ref = rasterize_gaussians_reference(means, scales, rots, ops, shs, settings=settings)
+    m, s, r, o, sh = to_cuda(means, scales, rots, ops, shs)
+    m.requires_grad_(True)
+    cs = cuda_settings(settings)
+    proj = project_gaussians(m, s, r, o, sh, settings=cs, backend="cuda")
+    out = rasterize_projected(proj, settings=cs, backend="cuda")
+    assert not out.depth.requires_grad
+    assert_depth_close(out.depth, ref.depth)
+    full = rasterize_gaussians(m, s, r, o, sh, settings=cs, backend="cuda")
+    assert torch.equal(out.depth, full.depth)
+    (out.image.sum() + out.depth.sum()).backward()
+    assert m.grad is not None and torch.isfinite(m.grad).all()
 
 
 @pytest.mark.parametrize("name", [s[0] for s in SCENES])
@@ -264,7 +298,7 @@ def test_empty_scene():
     out, grads = cuda_run(means, scales, rots, ops, shs, None, settings, torch.ones(3, 23, 40))
     bg = settings.bg.reshape(3, 1, 1).expand(3, 23, 40)
     torch.testing.assert_close(out.image.detach().cpu(), bg)
-    assert (out.n_contrib == 0).all() and (out.final_T == 1).all()
+    assert (out.n_contrib == 0).all() and (out.final_T == 1).all() and (out.depth == 0).all()
     assert grads["means"].shape == (0, 3)
 
 
@@ -272,7 +306,7 @@ def test_all_culled_scene():
     means, scales, rots, ops, shs, settings = random_scene(500, 48, 32, seed=1)
     means[:, 2] = -1.0
     out, grads = cuda_run(means, scales, rots, ops, shs, None, settings, torch.ones(3, 32, 48))
-    assert (out.radii == 0).all() and (out.n_contrib == 0).all()
+    assert (out.radii == 0).all() and (out.n_contrib == 0).all() and (out.depth == 0).all()
     assert (grads["means"] == 0).all()
 
 
