@@ -116,7 +116,8 @@ def save_png(path: Path, image: torch.Tensor) -> None:
 
 
 class DepthUnavailable(RuntimeError):
-    """The chosen rasterizer backend does not compute depth (yet)."""
+    """The chosen rasterizer backend returned no depth (the built-in ones all compute it; a backend added with
+    cuda_rasterizer.register_stage_backend may not)."""
 
 
 @torch.no_grad()
@@ -134,8 +135,9 @@ def render_split(cfg: TrainConfig, model, cameras, out_dir: Path, device, *, dep
         out = render(model, cam, bg, atomics=cfg.run.atomics, balance_threshold=cfg.run.balance_threshold,
                      backend=cfg.run.backend)
         if depth_step is not None and out.depth is None:
-            raise DepthUnavailable("--depth: this rasterizer backend does not compute depth yet; for now only "
-                                   "the PyTorch reference does (pass --backend reference)")
+            raise DepthUnavailable(f"--depth: the rasterizer backend ({cfg.run.backend}) returned no depth image; "
+                                   "the built-in backends (cuda, cpu, reference) compute it: pass --backend with "
+                                   "one of them")
         image = out.image
         if getattr(cam, "alpha_mask", None) is not None:
             image = image * cam.alpha_mask

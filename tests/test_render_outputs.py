@@ -137,14 +137,17 @@ def test_videos_play_in_chromium(run, tmp_path):
                                 " await new Promise(r => setTimeout(r, 300)); return v.currentTime > 0; })()")
 
 
-def test_depth_and_alpha(run):
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_depth_and_alpha(run, backend):
+    """Each backend's depth (the C++ one from its forward pass) against the reference's, through gs-render."""
     import cv2
     from gs_trainer.depth_maps import expected_depth
     from gs_trainer.render import load_run
     from gs_trainer.renderer import render
     from gs_trainer.train import load_scene
 
-    assert render_main(["-m", str(run), "--split", "test", "--depth", "--alpha", "--quiet"]) == 0
+    assert render_main(["-m", str(run), "--split", "test", "--depth", "--alpha", "--backend", backend,
+                        "--quiet"]) == 0
     out = run / "test" / "ours_10"
     step = json.loads((out / "depth" / "scale.json").read_text())["depth_per_step"]
     d16 = cv2.imread(str(out / "depth" / "00000.png"), cv2.IMREAD_UNCHANGED)
@@ -165,13 +168,14 @@ def test_depth_and_alpha(run):
 
 
 def test_depth_needs_a_backend_that_has_it(run, monkeypatch, capsys):
-    """A backend without depth (CUDA/C++ for now): one clear line, exit 2, nothing written."""
+    """A backend that returns no depth (a registered one; the built-in three all compute it): one clear line,
+    exit 2, nothing written."""
     import gs_trainer.renderer as renderer
 
     real = renderer.render
     monkeypatch.setattr(renderer, "render", lambda *a, **k: real(*a, **k)._replace(depth=None))
     assert render_main(["-m", str(run), "--split", "train", "--iteration", "10", "--depth", "--quiet"]) == 2
-    assert "only the PyTorch reference" in capsys.readouterr().err
+    assert "returned no depth image" in capsys.readouterr().err
     assert not (run / "train").exists()
 
 
