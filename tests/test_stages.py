@@ -107,9 +107,11 @@ def test_cuda_stages_compose_and_match_the_reference(fake_ext):  # noqa: F811
     assert proj.radii.dtype == torch.int32 and proj.tiles_touched.dtype == torch.int32
     ref = project_gaussians(*tensors, settings=settings, backend="reference")
     assert torch.equal(proj.radii, ref.radii) and torch.equal(proj.tiles_touched, ref.tiles_touched)
-    image, final_T, _ = autograd.rasterize_projected_cuda(proj, settings, "distwar", 8)
+    image, final_T, _, depth = autograd.rasterize_projected_cuda(proj, settings, "distwar", 8)
     whole = autograd._rasterize(*tensors[:4], tensors[4], None, settings, "distwar", 8)
     torch.testing.assert_close(image, whole.image, **EXACT)
+    torch.testing.assert_close(depth, whole.depth, **EXACT)
+    assert not depth.requires_grad
     oracle = rasterize_gaussians_reference(*tensors, settings=settings)
     got = torch.autograd.grad((image * g).sum(), tensors)
     want = torch.autograd.grad((oracle.image * g).sum(), tensors)
@@ -117,7 +119,8 @@ def test_cuda_stages_compose_and_match_the_reference(fake_ext):  # noqa: F811
         assert_close_grad(name, a, b)
     # rows exchanged between the stages (visible subset): the CUDA render of the subset is the same image
     sub = proj.select(proj.radii > 0)
-    image_sub, _, _ = autograd.rasterize_projected_cuda(sub, settings, "distwar", 8)
+    image_sub, _, _, depth_sub = autograd.rasterize_projected_cuda(sub, settings, "distwar", 8)
     torch.testing.assert_close(image_sub, image, **SUBSET)
+    torch.testing.assert_close(depth_sub, depth, **SUBSET)
     assert {"preprocess_forward", "bin_gaussians", "render_forward", "render_backward",
             "preprocess_backward"} <= set(fake_ext.calls)
