@@ -293,6 +293,48 @@ inline unsigned pixel_forward_step_lanes(PixelFwdLanes& st, unsigned m, const La
     return done;
 }
 
+// math.cuh's PixelBackState for kLanes pixels, and the lane forms of pixel_back_init / render_backward_step:
+// the same arithmetic in the same order per lane, so each lane's state and its 9 values are bitwise the
+// scalar step's.  The state advances in the lanes of m only; out[v][l] is meaningful in those lanes.
+struct PixelBackLanes {
+    LaneF T, accum[3], last_alpha, last_color[3];
+};
+
+inline void pixel_back_init_lanes(PixelBackLanes& st, const LaneF& T_final) {
+    st.T = T_final;
+    st.last_alpha = LaneF{};
+    for (int c = 0; c < 3; ++c) st.accum[c] = st.last_color[c] = LaneF{};
+}
+
+inline void render_backward_step_lanes(PixelBackLanes& st, unsigned m, const LaneF dpix[3], const LaneF& bg_dot,
+                                       const LaneF& T_final, const LaneF& dx, const LaneF& dy, const float conic[3],
+                                       float opacity, const LaneF& G, const LaneF& alpha, const float color[3],
+                                       float out[kGradValues][kLanes]) {
+    const LaneI on = lanes_of(m);
+    const LaneF one_minus = 1.f - alpha;
+    const LaneF T = st.T / one_minus;
+    st.T = on ? T : st.T;
+    const LaneF w = alpha * T;
+    LaneF g_alpha = LaneF{};
+    for (int c = 0; c < 3; ++c) {
+        const LaneF accum = st.last_alpha * st.last_color[c] + (1.f - st.last_alpha) * st.accum[c];
+        st.accum[c] = on ? accum : st.accum[c];
+        st.last_color[c] = on ? LaneF{} + color[c] : st.last_color[c];
+        g_alpha += (color[c] - accum) * dpix[c];
+        const LaneF o = w * dpix[c];
+        std::memcpy(out[6 + c], &o, sizeof o);
+    }
+    g_alpha *= T;
+    st.last_alpha = on ? alpha : st.last_alpha;
+    g_alpha += (-T_final / one_minus) * bg_dot;
+
+    const LaneF g_G = opacity * g_alpha;
+    const LaneF gdx = G * dx, gdy = G * dy;
+    const LaneF o[6] = {g_G * (-gdx * conic[0] - gdy * conic[1]), g_G * (-gdy * conic[2] - gdx * conic[1]),
+                        -0.5f * gdx * dx * g_G, -gdx * dy * g_G, -0.5f * gdy * dy * g_G, G * g_alpha};
+    for (int v = 0; v < 6; ++v) std::memcpy(out[v], &o[v], sizeof o[v]);
+}
+
 // The lanes whose pixel composited list position j or a later one (j < last), as a bit mask.
 inline unsigned active_lanes(const int last[kLanes], int j) {
     unsigned m = 0u;
@@ -360,9 +402,7 @@ GSR_CPU_CLONES void render_backward_tile(const Camera& cam, const RenderParams& 
         for (int x0 = box.x0; x0 < box.x1; x0 += kLanes) {
             const int lanes = std::min(kLanes, box.x1 - x0);
             int last[kLanes];
-            float T_final[kLanes], dpix[kLanes][3], bg_dot[kLanes];
-            LaneF pxv;
-            PixelBackState st[kLanes];
+            LaneF pxv, T_final, dpix[3], bg_dot = LaneF{};
             int top = 0;  // the lanes' largest last
             for (int l = 0; l < kLanes; ++l) {
                 const int64_t pix = static_cast<int64_t>(py) * cam.width + x0 + l;
@@ -370,32 +410,31 @@ GSR_CPU_CLONES void render_backward_tile(const Camera& cam, const RenderParams& 
                 top = std::max(top, last[l]);
                 pxv[l] = static_cast<float>(x0 + l);
                 T_final[l] = l < lanes ? p.final_T[pix] : 1.f;
-                bg_dot[l] = 0.f;
                 for (int c = 0; c < 3; ++c) {
-                    dpix[l][c] = l < lanes ? p.grad_image[c * hw + pix] : 0.f;
-                    bg_dot[l] += cam.bg[c] * dpix[l][c];
+                    dpix[c][l] = l < lanes ? p.grad_image[c * hw + pix] : 0.f;
+                    bg_dot[l] += cam.bg[c] * dpix[c][l];
                 }
                 if (p.grad_final_T && l < lanes) bg_dot[l] += p.grad_final_T[pix];
-                pixel_back_init(st[l], T_final[l]);
             }
+            PixelBackLanes st;
+            pixel_back_init_lanes(st, T_final);
             for (int j = top - 1; j >= 0; --j) {
                 const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
-                float* row = rows + static_cast<int64_t>(j) * kGradValues;
-                // lane order = pixel order: the row's sum keeps its order
                 LaneF dx, dy, G, alpha;
-                for (unsigned m = gaussian_alpha_lanes(s, pxv, pyf, dx, dy, G, alpha) & active_lanes(last, j);
-                     m != 0u; m &= m - 1u) {
-                    const int l = __builtin_ctz(m);
-                    float g[kGradValues];
-                    render_backward_step(st[l], dpix[l], bg_dot[l], T_final[l], dx[l], dy[l], s + 2, s[5], G[l],
-                                         alpha[l], s + 6, g);
-                    for (int k = 0; k < kGradValues; ++k) row[k] += g[k];
+                const unsigned m = gaussian_alpha_lanes(s, pxv, pyf, dx, dy, G, alpha) & active_lanes(last, j);
+                if (m == 0u) continue;
+                float g[kGradValues][kLanes];
+                render_backward_step_lanes(st, m, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
+                // lane order = pixel order: the row's sums keep the order of one pixel at a time
+                float* row = rows + static_cast<int64_t>(j) * kGradValues;
+                for (unsigned k = m; k != 0u; k &= k - 1u) {
+                    const int l = __builtin_ctz(k);
+                    for (int v = 0; v < kGradValues; ++v) row[v] += g[v][l];
                 }
             }
         }
     }
 }
-
 
 // Backward render.  partial [M * kGradValues] is scratch (written here, no need to zero it); the four gradient
 // outputs of p (grad_means2d, grad_conics, grad_opacities, grad_colors) are written for every Gaussian.
