@@ -1,21 +1,27 @@
-// The CPU backend's stages: host loops around the very math.cuh functions the CUDA kernels call
-// (preprocess_one, preprocess_backward_one, tile_rect, gaussian_alpha, pixel_forward_step,
-// render_backward_step).  Torch-free: raw pointers and the params structs of rasterizer.h; the torch glue is
-// cpu_bindings.cpp.
+// The CPU backend's stages: host loops around math.cuh's functions (preprocess_one, preprocess_backward_one,
+// tile_rect) and, for the per-pixel loops, lane forms of gaussian_alpha, pixel_forward_step and
+// render_backward_step that run 8 pixels at once.  Torch-free: raw pointers and the params structs of
+// rasterizer.h; the torch glue is cpu_bindings.cpp.
 //
 // Structure (the CUDA pipeline's, with the loops a CPU wants):
 //   preprocess            parallel over Gaussians
 //   bin                   count pairs per tile, fill the tiles' lists, sort each tile's list by
 //                         (depth bits, index) in parallel over tiles; record where each (Gaussian, tile) pair
 //                         landed (pair_pos), for the backward's reduction
-//   render forward        parallel over tiles; a tile stages its Gaussians contiguously, then each pixel
-//                         walks them front to back (the CUDA thread's loop)
-//   render backward       parallel over tiles; each pixel walks back to front from its n_contrib and adds its
-//                         9 gradient values into the tile's partial row of that Gaussian: row = list position,
-//                         owned by this tile alone, so no lock and no atomic.  Then, parallel over Gaussians,
-//                         each Gaussian sums its rows in tile order (the CPU form of the CUDA `tile` policy:
-//                         one flush per (tile, Gaussian)).
+//   render forward        parallel over tiles; a tile stages its Gaussians contiguously, then each group of 8
+//                         pixels of a tile row walks them front to back in lockstep (each lane the CUDA
+//                         thread's loop; the group stops when all 8 are done)
+//   render backward       parallel over tiles; each 8-pixel group walks back to front from its lanes' largest
+//                         n_contrib, and each accepting lane adds its 9 gradient values, in pixel order, into the
+//                         tile's partial row of that Gaussian: row = list position, owned by this tile alone, so
+//                         no lock and no atomic.  Then, parallel over Gaussians, each Gaussian sums its rows in
+//                         tile order (the CPU form of the CUDA `tile` policy: one flush per (tile, Gaussian)).
 //   preprocess backward   parallel over Gaussians
+//
+// The lane forms (gaussian_alpha_lanes, pixel_forward_step_lanes, render_backward_step_lanes, next to the
+// loops below) do each lane's arithmetic exactly as the math.cuh function does, in the same order, with one
+// exception: expf is exp_lanes, a polynomial within 2 ulp of it.  Keep them in step with math.cuh: the tests
+// compare the whole backend with the PyTorch reference (images 1e-5, gradients 1e-4 relative).
 //
 // Determinism: every sum has a fixed order (pixel order within a tile, tile order across tiles) that does not
 // depend on which thread ran which tile, so the results are bitwise the same for any thread count.
@@ -145,7 +151,7 @@ inline void bin(const Camera& cam, const BinningParams& b, const BinOutputs& out
 }
 
 // A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b, and
-// the power below which the pair cannot reach alpha >= 1/255 (see may_composite).
+// the power below which the pair cannot reach alpha >= 1/255 (see gaussian_alpha_lanes).
 constexpr int kStaged = 10;
 // Safety margin of that bound, in units of power (a factor e on alpha): covers any rounding difference
 // between the bound's arithmetic and gaussian_alpha's.
@@ -164,15 +170,6 @@ inline void stage_tile(const RenderParams& p, int start, int count, std::vector<
         // opacity * exp(power) >= 1/255 needs power >= log(1/255 / opacity); opacity <= 0: never
         d[9] = d[5] > 0.f ? logf(kAlphaMin / d[5]) - kPowerCutMargin : INFINITY;
     }
-}
-
-// A cheap, conservative pre-test before gaussian_alpha (which alone decides): false only where
-// gaussian_alpha is certain to reject the pair, so that the pixel loops skip its exp() for the many pairs of
-// a tile that lie far out in a Gaussian's tail.  NaN powers pass through to gaussian_alpha.
-inline bool may_composite(const float* s, float px, float py) {
-    const float dx = s[0] - px, dy = s[1] - py;
-    const float power = -0.5f * (s[2] * dx * dx + s[4] * dy * dy) - s[3] * dx * dy;
-    return !(power < s[9]);
 }
 
 struct TileBox {
