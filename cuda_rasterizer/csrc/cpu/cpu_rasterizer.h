@@ -20,8 +20,9 @@
 //
 // The lane forms (gaussian_alpha_lanes, pixel_forward_step_lanes, render_backward_step_lanes, next to the
 // loops below) do each lane's arithmetic exactly as the math.cuh function does, in the same order, with one
-// exception: expf is exp_lanes, a polynomial within 2 ulp of it (1 ulp measured, tests/test_cpu_lanes.py).  Keep them in step with math.cuh: the tests
-// compare the whole backend with the PyTorch reference (images 1e-5, gradients 1e-4 relative).
+// exception: expf is exp_lanes, a polynomial within 2 ulp of it (1 ulp measured).  Keep them in step with
+// math.cuh: tests/test_cpu_lanes.py checks them bitwise against the scalar steps, and the tests compare the
+// whole backend with the PyTorch reference (images 1e-5, gradients 1e-4 relative).
 //
 // Determinism: every sum has a fixed order (pixel order within a tile, tile order across tiles) that does not
 // depend on which thread ran which tile, so the results are bitwise the same for any thread count.
