@@ -18,30 +18,42 @@ def l1_loss(image: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _window(channels: int, size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+def _window_1d(channels: int, size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The normalised 1D Gaussian of the window, as a [channels, 1, 1, size] depthwise kernel."""
     x = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-x * x / (2 * sigma * sigma))
-    g = g / g.sum()
+    g = (g / g.sum()).to(device=device, dtype=dtype)
+    return g.reshape(1, 1, 1, size).expand(channels, 1, 1, size).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _window(channels: int, size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The 2D window, [channels, 1, size, size]: the outer product of the 1D one (what ssim_map applies)."""
+    g = _window_1d(1, size, sigma, "cpu", torch.float64).reshape(size)
     w = (g[:, None] * g[None, :]).to(device=device, dtype=dtype)
     return w.expand(channels, 1, size, size).contiguous()
 
 
 def ssim_map(image: torch.Tensor, gt: torch.Tensor, window_size: int = SSIM_WINDOW) -> torch.Tensor:
-    """Per-pixel SSIM of [C, H, W] or [B, C, H, W] images, Gaussian window, zero padding (as the original)."""
+    """Per-pixel SSIM of [C, H, W] or [B, C, H, W] images, Gaussian window, zero padding (as the original).
+
+    The 2D Gaussian window is the outer product of a 1D one, so each blur is a horizontal then a vertical 1D
+    pass (2 x 11 taps instead of 121; the same sums up to float rounding), and the five blurred maps
+    (x, y, x^2, y^2, xy) go through one depthwise convolution.
+    """
     if image.dim() == 3:
         image, gt = image[None], gt[None]
     c = image.shape[1]
-    w = _window(c, window_size, SSIM_SIGMA, str(image.device), image.dtype)
+    w = _window_1d(5 * c, window_size, SSIM_SIGMA, str(image.device), image.dtype)
     pad = window_size // 2
-
-    def blur(x):
-        return F.conv2d(x, w, padding=pad, groups=c)
-
-    mu1, mu2 = blur(image), blur(gt)
+    stacked = torch.cat([image, gt, image * image, gt * gt, image * gt], dim=1)
+    blurred = F.conv2d(stacked, w, padding=(0, pad), groups=5 * c)
+    blurred = F.conv2d(blurred, w.transpose(2, 3), padding=(pad, 0), groups=5 * c)
+    mu1, mu2, e11, e22, e12 = blurred.split(c, dim=1)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    sigma1 = blur(image * image) - mu1_sq
-    sigma2 = blur(gt * gt) - mu2_sq
-    sigma12 = blur(image * gt) - mu12
+    sigma1 = e11 - mu1_sq
+    sigma2 = e22 - mu2_sq
+    sigma12 = e12 - mu12
     return ((2 * mu12 + SSIM_C1) * (2 * sigma12 + SSIM_C2)) / ((mu1_sq + mu2_sq + SSIM_C1) * (sigma1 + sigma2 + SSIM_C2))
 
 

@@ -19,7 +19,7 @@ def note_atomics(device: torch.device | str, atomics: str) -> None:
     """Say once per process that the CPU backends ignore the atomics mode."""
     global _cpu_atomics_noted
     if torch.device(device).type != "cuda" and not _cpu_atomics_noted:
-        log.info("rendering on CPU: --atomics %s (a CUDA policy) has no effect there", atomics)
+        log.info("rendering on CPU: --atomics %s has no effect there (it is a policy of the CUDA backward pass)", atomics)
         _cpu_atomics_noted = True
 
 

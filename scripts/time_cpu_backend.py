@@ -1,6 +1,7 @@
 """Time the CPU backend's stages (wall and process CPU time) on gs-bench's synthetic cloud.
 
     python scripts/time_cpu_backend.py --n 100000 --width 1920 --height 1080 --threads 2
+    python scripts/time_cpu_backend.py --scene data/tabletop --threads 1 --repeats 8    # SfM points, view 0
 
 Prints one line per stage and repeat, then the forward+backward total (median over repeats) and the process's
 peak resident memory.  CPU time is reported too because a shared machine's wall time says more about the
@@ -28,14 +29,22 @@ def main() -> None:
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scene", default=None, help="a scene folder: its SfM points and first training view, at "
+                   "its full size, instead of the synthetic cloud")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ext = load_cpu_extension()
-    sc = synthetic_cloud(args.n, args.width, args.height)
+    if args.scene:
+        from gs_trainer.bench.scene import scene_from_files
+        sc = scene_from_files(args.scene, None)
+        args.width, args.height = sc.settings.image_width, sc.settings.image_height
+    else:
+        sc = synthetic_cloud(args.n, args.width, args.height)
     means, scales, rots, ops, shs = sc.activated(False)
+    args.n = means.shape[0]
     ops = ops.reshape(-1).contiguous()
     cam = CpuCamera(sc.settings)
-    g = torch.rand(3, args.height, args.width)
+    g = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     totals = []
     for rep in range(args.repeats):
         wall = cpu = 0.0
