@@ -314,8 +314,8 @@ inline void render_backward_step_lanes(PixelBackLanes& st, unsigned m, const Lan
                                        float opacity, const LaneF& G, const LaneF& alpha, const float color[3],
                                        float out[kGradValues][kLanes]) {
     const LaneI on = lanes_of(m);
-    const LaneF one_minus = 1.f - alpha;
-    const LaneF T = st.T / one_minus;
+    const LaneF inv_one_minus = 1.f / (1.f - alpha);  // as render_backward_step: one reciprocal
+    const LaneF T = st.T * inv_one_minus;
     st.T = on ? T : st.T;
     const LaneF w = alpha * T;
     LaneF g_alpha = LaneF{};
@@ -329,7 +329,7 @@ inline void render_backward_step_lanes(PixelBackLanes& st, unsigned m, const Lan
     }
     g_alpha *= T;
     st.last_alpha = on ? alpha : st.last_alpha;
-    g_alpha += (-T_final / one_minus) * bg_dot;
+    g_alpha += (-T_final * inv_one_minus) * bg_dot;
 
     const LaneF g_G = opacity * g_alpha;
     const LaneF gdx = G * dx, gdy = G * dy;
