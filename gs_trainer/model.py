@@ -41,6 +41,29 @@ class PlyError(ValueError):
     """A PLY file that cannot be read as Gaussians; the message names the file and the problem."""
 
 
+#: Rows per block of the CPU activations (``rowwise``): a multiple of every SIMD loop step of torch's CPU
+#: elementwise kernels (two vectors of 16 floats at most), so no row falls into their scalar remainder.
+ACTIVATION_BLOCK_ROWS = 64
+
+
+def rowwise(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for a row-wise ``fn``, each row's result independent of the other rows in ``x``.
+
+    torch's CPU elementwise kernels run a SIMD loop over the tensor and a scalar loop over its last
+    ``numel % (2 * vector width)`` elements, and the two round transcendental functions differently
+    (``sigmoid``: SLEEF's vector exp vs libm's expf, 1 ulp apart).  So a row's activation depended on its
+    position and on how many rows the tensor has: a shard of the model (gs_trainer/distributed/) got other
+    opacities than the same rows in the whole model.  On the CPU the rows are padded with zeros to a
+    multiple of ACTIVATION_BLOCK_ROWS, so that every row goes through the SIMD loop, and sliced back
+    (differentiable; the backward kernels see the padded tensor too).  On other devices ``fn(x)``."""
+    n = x.shape[0]
+    pad = -n % ACTIVATION_BLOCK_ROWS
+    if x.device.type != "cpu" or pad == 0:
+        return fn(x)
+    padded = torch.cat([x, x.new_zeros((pad,) + tuple(x.shape[1:]))])
+    return fn(padded)[:n]
+
+
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1.0 - x))
 
@@ -124,15 +147,15 @@ class GaussianModel(nn.Module):
     # -- activations ------------------------------------------------------------------------------
     @property
     def scales(self) -> torch.Tensor:
-        return torch.exp(self.log_scales)
+        return rowwise(torch.exp, self.log_scales)
 
     @property
     def rotations(self) -> torch.Tensor:
-        return nn.functional.normalize(self.quats, dim=-1)
+        return rowwise(lambda q: nn.functional.normalize(q, dim=-1), self.quats)
 
     @property
     def opacities(self) -> torch.Tensor:
-        return torch.sigmoid(self.opacity_logits)
+        return rowwise(torch.sigmoid, self.opacity_logits)
 
     @property
     def shs(self) -> torch.Tensor:

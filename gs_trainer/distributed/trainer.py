@@ -70,6 +70,39 @@ def _swap_rows(model: GaussianModel, optimizer: torch.optim.Optimizer, fields: d
         model.set_params({name: param})
 
 
+def view_models(model: GaussianModel, b: int) -> list[GaussianModel]:
+    """``b`` models whose leaf parameters alias ``model``'s storage (no copy), one per view of the batch.
+
+    Each view projects from its own leaves, so that its parameter gradients come out of its own activation
+    graph (exp, sigmoid, normalize, cat), as they do in a single process, which backpropagates one view at a
+    time.  Projecting every view from the shared activations instead would sum the B views' gradients
+    before the activations' chain rule, i.e. compute exp(x) * (g1 + g2) where a single process computes
+    exp(x) * g1 + exp(x) * g2: different rounding in every element (see ``accumulate_view_grads``)."""
+    params = {k: v.detach() for k, v in model.param_dict().items()}
+    return [GaussianModel(**params, max_sh_degree=model.max_sh_degree, active_sh_degree=model.active_sh_degree)
+            for _ in range(b)]
+
+
+@torch.no_grad()
+def accumulate_view_grads(model: GaussianModel, views: Optional[list[GaussianModel]]) -> None:
+    """Add the per-view leaf gradients to ``model``'s, in view order, as autograd accumulates them in a
+    single process (grad = g_1, then grad += g_2, ...).  One backward over the whole batch would let the
+    autograd engine add them in its own order, which is not view order for B > 2 (float addition is not
+    associative).  Frees the per-view gradients as it goes."""
+    if not views:
+        return
+    for name, param in model.param_dict().items():
+        for view in views:
+            leaf = getattr(view, name)
+            grad, leaf.grad = leaf.grad, None
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad
+            else:
+                param.grad += grad
+
+
 @dataclass
 class ShardedDensifyStrategy(DensifyStrategy):
     """The 3DGS strategy on one shard, deciding exactly as the single-process strategy on the same rows."""
@@ -176,6 +209,8 @@ class DistributedTrainer(Trainer):
         #: this rank's exchange traffic, summed over steps (docs/SCALING.md, scripts/measure_exchange.py):
         #: visible rows it projected, rows it sent to other ranks, seconds in the forward all_to_all
         self.traffic = {"steps": 0, "visible_rows": 0, "rows_out": 0, "exchange_s": 0.0}
+        #: per-view leaves of the step being backpropagated (view_models), None between steps
+        self._views: Optional[list[GaussianModel]] = None
 
     def resolve_batch_size(self, batch_size: int) -> int:
         return batch_size or self.comm.world
@@ -192,13 +227,14 @@ class DistributedTrainer(Trainer):
         """Project this shard for every (camera, bg) of ``views``; send camera c's visible rows to rank
         ``owners[c]``.  Returns (projections of this shard [B], {c: ProjectedGaussians of the whole model
         for the cameras this rank renders}, the received rows)."""
-        comm, m = self.comm, self.model
-        means, scales, rotations, opacities, shs = m.means, m.scales, m.rotations, m.opacities, m.shs
+        comm = self.comm
         backend = getattr(self.cfg.run, "backend", "auto")
         projs, sends = [], []
-        for camera, bg in views:
-            proj = project_gaussians(means, scales, rotations, opacities, shs, settings=self.settings(camera, bg),
-                                     backend=backend)
+        self._views = view_models(self.model, len(views)) if torch.is_grad_enabled() else None
+        for c, (camera, bg) in enumerate(views):
+            m = self.model if self._views is None else self._views[c]
+            proj = project_gaussians(m.means, m.scales, m.rotations, m.opacities, m.shs,
+                                     settings=self.settings(camera, bg), backend=backend)
             projs.append(proj)
             sends.append(torch.nonzero(proj.radii > 0).squeeze(1))
         counts = all_gather_ints(comm, [int(s.numel()) for s in sends])     # [world, B] rows per camera
@@ -252,6 +288,8 @@ class DistributedTrainer(Trainer):
             if first is None:
                 first = (image.detach(), camera)
         total.backward()
+        accumulate_view_grads(self.model, self._views)
+        self._views = None
         sums = all_reduce_sum(comm, sums) / b
         loss, l1 = sums[0], sums[1]
         if self.device.type != "cuda":
