@@ -13,6 +13,9 @@ quats          [N, 4]     normalise (w, x, y, z)
 opacity_logits [N, 1]     sigmoid
 ============== ========== ==========================================================
 
+On the CPU the activations are computed so that each row's result (and gradient) does not depend on the
+other rows of the tensor (``rowwise``): a shard of the model computes what the whole model computes.
+
 The model owns no optimizer and no densification: those live in optim.py and densify.py and change the
 parameter set through ``set_params``.
 """
