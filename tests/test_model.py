@@ -139,7 +139,7 @@ def test_load_ply_errors_name_the_file(tmp_path):
         GaussianModel.load_ply(tmp_path / "junk.ply")
 
 
-def _random_model(n: int, seed: int = 3) -> GaussianModel:
+def _gaussian_noise_model(n: int, seed: int = 3) -> GaussianModel:
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return GaussianModel(r(n, 3), r(n, 1, 3), r(n, 3, 3), r(n, 3) - 2.0, r(n, 4), 4.0 * r(n, 1), max_sh_degree=1)
@@ -154,7 +154,7 @@ def test_activations_of_a_row_do_not_depend_on_the_other_rows(threads):
     torch.set_num_threads(threads)
     try:
         n = 1000
-        full = _random_model(n)
+        full = _gaussian_noise_model(n)
         weights = {name: torch.randn(getattr(full, name).shape, generator=torch.Generator().manual_seed(9))
                    for name in ("scales", "rotations", "opacities")}
 
