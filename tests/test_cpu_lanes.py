@@ -1,9 +1,11 @@
-"""The CPU backend's lane forms (csrc/cpu/cpu_rasterizer.h) against math.cuh's scalar functions, in C++.
+"""math.cuh's per-pixel steps instantiated with the CPU's 8-pixel lane type against the float ones, in C++.
 
-tests/cpp/cpu_lanes_check.cpp checks exp_lanes within 2 ulp of expf and pixel_forward_step_lanes /
-render_backward_step_lanes bitwise equal to pixel_forward_step / render_backward_step lane by lane, on
-random inputs.  Compiled for the baseline target and, where the CPU has AVX2, for AVX2 too: the two builds
-must print the same checksums (the AVX2 and baseline clones of the tile loops give the same bits).
+The CPU backend runs the CUDA kernels' own per-pixel code (gaussian_power, gaussian_alpha_of_power,
+pixel_forward_step, render_backward_step), instantiated with csrc/cpu/cpu_lanes.h's vector type.
+tests/cpp/cpu_lanes_check.cpp checks exp_lanes within 2 ulp of expf, alpha within 2 ulp, and every other
+lane result bitwise equal to the float instantiation's (the kernels'), on random inputs.  Compiled for the
+baseline target and, where the CPU has AVX2, for AVX2 too: the two builds must print the same checksums
+(the AVX2 and baseline clones of the tile loops give the same bits).
 """
 
 from __future__ import annotations

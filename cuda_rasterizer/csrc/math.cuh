@@ -450,105 +450,170 @@ GSR_HD void preprocess_backward_one(const Camera& cam, const PreprocessBackwardP
 
 // ----------------------------------------------------------------------------------------------------
 // Per (pixel, Gaussian): alpha and the compositing rules.
+//
+// These steps are templates over the lane type F, the pixels that one call steps together: F = float is one
+// pixel (the CUDA thread, Mask = bool); the CPU backend instantiates them with an 8-pixel vector
+// (csrc/cpu/cpu_lanes.h), so that both devices run this code and cannot drift apart.  Each lane does the
+// scalar arithmetic, in the same order.  A lane type supplies LaneOps<F>: its Mask (the type of F < float)
+// and Int (int lanes), and
+//   all_of(m, a)        a & m lane-wise          and_not(m, a)    m & ~a
+//   any(m)              some lane of m is set    select(m, a, b)  a where m, else b (F, or Int with an int a)
+//   exp(x)              expf per lane            min(x, c)        fminf(x, c) per lane (x not NaN)
+//   splat(x)            x in every lane
+//   taken(m)            m, where any(m) was just found true: for one lane the constant true, so that the
+//                       callers' branches fold (nvcc does not fold a returned flag it has just tested)
+template <class F>
+struct LaneOps;
+
+template <>
+struct LaneOps<float> {
+    using Mask = bool;
+    using Int = int;
+    static GSR_HD bool all_of(bool m, bool a) { return m && a; }
+    static GSR_HD bool and_not(bool m, bool a) { return m && !a; }
+    static GSR_HD bool any(bool m) { return m; }
+    static GSR_HD bool taken(bool) { return true; }
+    static GSR_HD float select(bool m, float a, float b) { return m ? a : b; }
+    static GSR_HD float splat(float x) { return x; }
+    static GSR_HD int select(bool m, int a, int b) { return m ? a : b; }
+    static GSR_HD float exp(float x) { return expf(x); }
+    static GSR_HD float min(float x, float c) { return fminf(x, c); }
+};
+
+template <class F>
+using MaskOf = typename LaneOps<F>::Mask;
+
+// The Gaussian's exponent at pixel (px, py): -1/2 d^T conic d with d = (dx, dy) = mean - pixel.
+template <class F>
+GSR_HD F gaussian_power(float mx, float my, const float conic[3], const F& px, const F& py, F& dx, F& dy) {
+    dx = mx - px;
+    dy = my - py;
+    return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
+}
+
+// Of the lanes ok (where the caller has checked power <= 0), those where the pair is composited: alpha =
+// min(0.99, opacity * exp(power)) >= 1/255 (NaN fails).  G and alpha are set unless no lane of ok is left.
+template <class F>
+GSR_HD MaskOf<F> gaussian_alpha_of_power(MaskOf<F> ok, const F& power, float opacity, F& G, F& alpha) {
+    using L = LaneOps<F>;
+    if (!L::any(ok)) return MaskOf<F>{};
+    G = L::exp(power);
+    const F raw = opacity * G;
+    ok = L::all_of(ok, raw >= kAlphaMin);  // min(0.99, raw) >= 1/255 iff raw >= 1/255
+    if (!L::any(ok)) return MaskOf<F>{};
+    alpha = L::min(raw, kAlphaMax);
+    return L::taken(ok);
+}
 
 // Whether the Gaussian is composited at pixel (px, py) (power <= 0 and alpha >= 1/255), with the
 // quantities the backward step needs.  dx, dy = mean - pixel.
-GSR_HD bool gaussian_alpha(float mx, float my, const float conic[3], float opacity, float px, float py,
-                           float& dx, float& dy, float& G, float& alpha) {
-    dx = mx - px;
-    dy = my - py;
-    const float power = -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
-    if (!(power <= 0.f)) return false;
-    G = expf(power);
-    const float raw = opacity * G;
-    if (!(raw >= kAlphaMin)) return false;  // min(0.99, raw) >= 1/255 iff raw >= 1/255; NaN fails
-    alpha = fminf(kAlphaMax, raw);
-    return true;
+template <class F>
+GSR_HD MaskOf<F> gaussian_alpha(float mx, float my, const float conic[3], float opacity, const F& px, const F& py,
+                                F& dx, F& dy, F& G, F& alpha) {
+    const F power = gaussian_power(mx, my, conic, px, py, dx, dy);
+    return gaussian_alpha_of_power<F>(power <= 0.f, power, opacity, G, alpha);
 }
 
 // What the forward pass carries from one Gaussian to the next of a pixel (front to back).
-struct PixelFwdState {
-    float T;      // transmittance in front of the next Gaussian
-    float C[3];   // colour composited so far (background excluded)
-    float D;      // expected depth so far, sum of alpha * T * z (pixel_forward_step_depth only)
-    int last;     // 1-based list position of the last composited Gaussian, 0 if none
+template <class F>
+struct PixelFwd {
+    F T;                           // transmittance in front of the next Gaussian
+    F C[3];                        // colour composited so far (background excluded)
+    F D;                           // expected depth so far, sum of alpha * T * z
+    typename LaneOps<F>::Int last; // 1-based list position of the last composited Gaussian, 0 if none
 };
+using PixelFwdState = PixelFwd<float>;
 
-GSR_HD void pixel_forward_init(PixelFwdState& st) {
-    st.T = 1.f;
-    st.D = 0.f;
-    st.last = 0;
-    for (int c = 0; c < 3; ++c) st.C[c] = 0.f;
+template <class F>
+GSR_HD void pixel_forward_init(PixelFwd<F>& st) {
+    st.T = F{} + 1.f;
+    st.D = F{};
+    st.last = typename LaneOps<F>::Int{};
+    for (int c = 0; c < 3; ++c) st.C[c] = F{};
 }
 
-// One (pixel, Gaussian) step of the forward compositing, after gaussian_alpha accepted the pair at 1-based
-// list position `position`.  Returns false when the pixel is done: this Gaussian would take the
-// transmittance below kTMin, so it is not composited and no later one is.  On true, `weight` = alpha * T
-// (the Gaussian's share of the pixel), for callers that composite further per-Gaussian values with it.
-GSR_HD bool pixel_forward_step(PixelFwdState& st, float alpha, const float color[3], int position,
-                               float& weight) {
-    const float test_T = st.T * (1.f - alpha);
-    if (test_T < kTMin) return false;
-    weight = alpha * st.T;
-    for (int c = 0; c < 3; ++c) st.C[c] += color[c] * alpha * st.T;
-    st.T = test_T;
-    st.last = position;
-    return true;
+// One (pixel, Gaussian) step of the forward compositing in the lanes m, where gaussian_alpha accepted the
+// pair at 1-based list position `position`: colour and depth z composited with the weight alpha * T, T
+// multiplied by (1 - alpha).  Returns the lanes of m where it was composited; the other lanes of m are done:
+// this Gaussian would take their transmittance below kTMin, so it is not composited there and no later one is.
+template <class F>
+GSR_HD MaskOf<F> pixel_forward_step(PixelFwd<F>& st, MaskOf<F> m, const F& alpha, const float color[3], float z,
+                                    int position) {
+    using L = LaneOps<F>;
+    const F test_T = st.T * (1.f - alpha);
+    const MaskOf<F> step = L::and_not(m, test_T < kTMin);
+    if (!L::any(step)) return MaskOf<F>{};
+    const F weight = alpha * st.T;
+    for (int c = 0; c < 3; ++c) st.C[c] = L::select(step, st.C[c] + color[c] * alpha * st.T, st.C[c]);
+    st.D = L::select(step, st.D + weight * z, st.D);
+    st.T = L::select(step, test_T, st.T);
+    st.last = L::select(step, position, st.last);
+    return L::taken(step);
 }
 
-// pixel_forward_step that also composites the Gaussian's camera-space depth z into st.D with the same weight
-// (alpha * T) as its colour: the expected depth the forward kernels return (no gradient flows through it).
-GSR_HD bool pixel_forward_step_depth(PixelFwdState& st, float alpha, const float color[3], float z,
-                                     int position) {
-    float weight;
-    if (!pixel_forward_step(st, alpha, color, position, weight)) return false;
-    st.D += weight * z;
-    return true;
+// The one-pixel form: false when the pixel is done (the Gaussian is not composited).
+GSR_HD bool pixel_forward_step_depth(PixelFwdState& st, float alpha, const float color[3], float z, int position) {
+    return pixel_forward_step<float>(st, true, alpha, color, z, position);
 }
 
 // What the backward pass carries from one Gaussian to the previous one of a pixel (back to front).
-struct PixelBackState {
-    float T;             // transmittance in front of the current Gaussian
-    float accum[3];      // colour composited behind the current Gaussian (background excluded)
-    float last_alpha;
-    float last_color[3];
+template <class F>
+struct PixelBack {
+    F T;             // transmittance in front of the current Gaussian
+    F accum[3];      // colour composited behind the current Gaussian (background excluded)
+    F last_alpha;
+    F last_color[3];
 };
+using PixelBackState = PixelBack<float>;
 
-GSR_HD void pixel_back_init(PixelBackState& st, float T_final) {
+template <class F>
+GSR_HD void pixel_back_init(PixelBack<F>& st, const F& T_final) {
     st.T = T_final;
-    st.last_alpha = 0.f;
-    for (int c = 0; c < 3; ++c) st.accum[c] = st.last_color[c] = 0.f;
+    st.last_alpha = F{};
+    for (int c = 0; c < 3; ++c) st.accum[c] = st.last_color[c] = F{};
 }
 
-// One (pixel, Gaussian) step of the backward render, back to front over the composited Gaussians.
-// dpix: dL/dpixel colour; bg_dot: dL/dpixel . bg + dL/dfinal_T.  Writes the 9 values
-// out = (dL/dmean2d x, y, dL/dconic A, B, C, dL/dopacity, dL/dcolour r, g, b); alpha's min(0.99)
-// clamp passes the gradient straight through, as in the reference.
-GSR_HD void render_backward_step(PixelBackState& st, const float dpix[3], float bg_dot, float T_final,
-                                 float dx, float dy, const float conic[3], float opacity, float G, float alpha,
-                                 const float color[3], float out[kGradValues]) {
-    const float inv_one_minus = 1.f / (1.f - alpha);  // one reciprocal for both divisions by (1 - alpha)
-    st.T = st.T * inv_one_minus;
-    const float w = alpha * st.T;
-    float g_alpha = 0.f;
+// One (pixel, Gaussian) step of the backward render, back to front over the composited Gaussians, in the
+// lanes on (the state advances there only).  dpix: dL/dpixel colour; bg_dot: dL/dpixel . bg + dL/dfinal_T.
+// Writes the 9 values out = (dL/dmean2d x, y, dL/dconic A, B, C, dL/dopacity, dL/dcolour r, g, b),
+// meaningful in the lanes on; alpha's min(0.99) clamp passes the gradient straight through, as in the
+// reference.
+template <class F>
+GSR_HD void render_backward_step(PixelBack<F>& st, MaskOf<F> on, const F dpix[3], const F& bg_dot, const F& T_final,
+                                 const F& dx, const F& dy, const float conic[3], float opacity, const F& G,
+                                 const F& alpha, const float color[3], F out[kGradValues]) {
+    using L = LaneOps<F>;
+    const F inv_one_minus = 1.f / (1.f - alpha);  // one reciprocal for both divisions by (1 - alpha)
+    const F T = st.T * inv_one_minus;
+    st.T = L::select(on, T, st.T);
+    const F w = alpha * T;
+    F g_alpha = F{};
     for (int c = 0; c < 3; ++c) {
-        st.accum[c] = st.last_alpha * st.last_color[c] + (1.f - st.last_alpha) * st.accum[c];
-        st.last_color[c] = color[c];
-        g_alpha += (color[c] - st.accum[c]) * dpix[c];
+        const F accum = st.last_alpha * st.last_color[c] + (1.f - st.last_alpha) * st.accum[c];
+        st.accum[c] = L::select(on, accum, st.accum[c]);
+        st.last_color[c] = L::select(on, L::splat(color[c]), st.last_color[c]);
+        g_alpha += (color[c] - accum) * dpix[c];
         out[6 + c] = w * dpix[c];
     }
-    g_alpha *= st.T;
-    st.last_alpha = alpha;
+    g_alpha *= T;
+    st.last_alpha = L::select(on, alpha, st.last_alpha);
     g_alpha += (-T_final * inv_one_minus) * bg_dot;
 
-    const float g_G = opacity * g_alpha;
-    const float gdx = G * dx, gdy = G * dy;
+    const F g_G = opacity * g_alpha;
+    const F gdx = G * dx, gdy = G * dy;
     out[0] = g_G * (-gdx * conic[0] - gdy * conic[1]);
     out[1] = g_G * (-gdy * conic[2] - gdx * conic[1]);
     out[2] = -0.5f * gdx * dx * g_G;
     out[3] = -gdx * dy * g_G;
     out[4] = -0.5f * gdy * dy * g_G;
     out[5] = G * g_alpha;
+}
+
+// The one-pixel form (the pair is composited).
+GSR_HD void render_backward_step(PixelBackState& st, const float dpix[3], float bg_dot, float T_final, float dx,
+                                 float dy, const float conic[3], float opacity, float G, float alpha,
+                                 const float color[3], float out[kGradValues]) {
+    render_backward_step<float>(st, true, dpix, bg_dot, T_final, dx, dy, conic, opacity, G, alpha, color, out);
 }
 
 }  // namespace gsr

@@ -1,14 +1,18 @@
-// Checks of cpu_rasterizer.h's lane forms against math.cuh's scalar functions, for tests/test_cpu_lanes.py:
-// exp_lanes within 2 ulp of expf; pixel_forward_step_lanes and render_backward_step_lanes bitwise equal to
-// pixel_forward_step_depth (colour, T, last and depth) and render_backward_step lane by lane.  Prints one line of checksums (the same for every
-// target ISA when the lanes' arithmetic does not depend on it) and exits 1 on a failed check.
+// Checks, for tests/test_cpu_lanes.py, that math.cuh's per-pixel steps instantiated with the CPU's 8-pixel lane
+// type (cpu/cpu_lanes.h) give each lane the results of the float instantiation (the CUDA kernels' one):
+//   exp_lanes within 2 ulp of expf;
+//   gaussian_power bitwise, and gaussian_alpha_of_power's alpha within 2 ulp (expf vs exp_lanes) with the same
+//   accepting lanes away from the 1/255 edge;
+//   pixel_forward_step (colour, depth, T, last, done) and render_backward_step (state, 9 values) bitwise.
+// Prints one line of checksums (the same for every target ISA when the lanes' arithmetic does not depend on it)
+// and exits 1 on a failed check.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 
-#include "cpu/cpu_rasterizer.h"
+#include "cpu/cpu_lanes.h"
 
 using namespace gsr;
 using namespace gsr::cpu;
@@ -19,6 +23,8 @@ static uint32_t bits(float v) {
     return b;
 }
 
+static int64_t ulps(float a, float b) { return std::llabs(static_cast<int64_t>(bits(a)) - static_cast<int64_t>(bits(b))); }
+
 int main() {
     int fails = 0;
     uint64_t sum = 0;
@@ -27,22 +33,20 @@ int main() {
     for (long i = 0; i <= 3000000; ++i) {
         const float scale = i % 3 == 0 ? 1.f : (i % 3 == 1 ? 1e-3f : 1e-6f);
         const float x = -87.0f * static_cast<float>(static_cast<double>(i) / 3000000.0) * scale;
-        LaneF v = LaneF{} + x;
-        const float a = exp_lanes(v)[0], b = expf(x);
-        const int64_t d = std::llabs(static_cast<int64_t>(bits(a)) - static_cast<int64_t>(bits(b)));
+        const float a = exp_lanes(splat(x))[0], b = expf(x);
+        const int64_t d = ulps(a, b);
         worst = d > worst ? d : worst;
         sum = sum * 31 + bits(a);
     }
     if (worst > 2) { std::printf("exp_lanes: %ld ulp from expf\n", static_cast<long>(worst)); ++fails; }
     std::mt19937 rng(0);
     std::uniform_real_distribution<float> u(0.f, 1.f);
+    int alpha_checked = 0;
     for (int trial = 0; trial < 20000; ++trial) {
-        // forward: a lane group and the scalar steps of the same pixels
-        PixelFwdLanes fl;
-        pixel_forward_init_lanes(fl);
+        PixelFwd<LaneF> fl;
+        pixel_forward_init(fl);
         PixelFwdState fs[kLanes];
         for (auto& s : fs) pixel_forward_init(s);
-        PixelBackLanes bl;
         LaneF T_final, bg_dot, dpix[3];
         PixelBackState bs[kLanes];
         for (int l = 0; l < kLanes; ++l) {
@@ -51,30 +55,53 @@ int main() {
             for (int c = 0; c < 3; ++c) dpix[c][l] = u(rng) - 0.5f;
             pixel_back_init(bs[l], T_final[l]);
         }
-        pixel_back_init_lanes(bl, T_final);
-        unsigned live = (1u << kLanes) - 1u;
+        PixelBack<LaneF> bl;
+        pixel_back_init(bl, T_final);
+        LaneI live = LaneI{} - 1;
         for (int j = 0; j < 12; ++j) {
-            LaneF alpha, G, dx, dy;
             const float color[3] = {u(rng), u(rng), u(rng)}, conic[3] = {u(rng), u(rng) - 0.5f, u(rng)};
-            const float opacity = u(rng), z = 0.2f + 10.f * u(rng);
-            unsigned m = 0u;
+            const float opacity = u(rng) < 0.2f ? 1.f : u(rng), z = 0.2f + 10.f * u(rng);  // 1: alpha's clamp
+            const float mx = 8.f * u(rng), my = 8.f * u(rng);
+            LaneF px, py, alpha, G, dx, dy;
+            LaneI m;
             for (int l = 0; l < kLanes; ++l) {
+                px[l] = static_cast<float>(l);
+                py[l] = static_cast<float>(trial % 8);
                 alpha[l] = u(rng) * 0.99f;
                 G[l] = u(rng);
+                m[l] = u(rng) < 0.8f ? -1 : 0;
+            }
+            // the alpha of the pair (mx, my) at the lanes' pixels
+            LaneF ldx, ldy, lG = LaneF{}, lalpha = LaneF{};
+            const LaneF power = gaussian_power(mx, my, conic, px, py, ldx, ldy);
+            const LaneI ok = gaussian_alpha_of_power<LaneF>(power <= 0.f, power, opacity, lG, lalpha);
+            for (int l = 0; l < kLanes; ++l) {
+                float sdx, sdy, sG = 0.f, salpha = 0.f;
+                const bool sok = gaussian_alpha(mx, my, conic, opacity, px[l], py[l], sdx, sdy, sG, salpha);
+                const float sp = gaussian_power(mx, my, conic, px[l], py[l], sdx, sdy);
+                if (bits(sp) != bits(power[l]) || bits(sdx) != bits(ldx[l]) || bits(sdy) != bits(ldy[l])) ++fails;
+                const bool edge = std::fabs(opacity * sG - kAlphaMin) < 1e-6f;
+                if (!edge && sok != (ok[l] != 0)) ++fails;
+                if (sok && ok[l] && (ulps(sG, lG[l]) > 2 || ulps(salpha, lalpha[l]) > 2)) ++fails;
+                alpha_checked += sok ? 1 : 0;
+                sum = sum * 31 + bits(power[l]);
+            }
+            // the steps, on the same inputs in every lane and for the scalar pixels
+            const LaneI mf = m & live;
+            const LaneI stepped = pixel_forward_step(fl, mf, alpha, color, z, j + 1);
+            live &= ~mf | stepped;
+            for (int l = 0; l < kLanes; ++l) {
                 dx[l] = 4.f * u(rng) - 2.f;
                 dy[l] = 4.f * u(rng) - 2.f;
-                m |= static_cast<unsigned>(u(rng) < 0.8f) << l;
             }
-            const unsigned mf = m & live;
-            live &= ~pixel_forward_step_lanes(fl, mf, alpha, color, z, j + 1);
-            float g[kGradValues][kLanes];
-            render_backward_step_lanes(bl, m, dpix, bg_dot, T_final, dx, dy, conic, opacity, G, alpha, color, g);
+            LaneF g[kGradValues];
+            render_backward_step(bl, m, dpix, bg_dot, T_final, dx, dy, conic, opacity, G, alpha, color, g);
             for (int l = 0; l < kLanes; ++l) {
-                if (mf >> l & 1u) {
+                if (mf[l]) {
                     const bool more = pixel_forward_step_depth(fs[l], alpha[l], color, z, j + 1);
-                    if (more != ((live >> l & 1u) != 0u)) ++fails;
+                    if (more != (live[l] != 0)) ++fails;
                 }
-                if (m >> l & 1u) {
+                if (m[l]) {
                     const float d[3] = {dpix[0][l], dpix[1][l], dpix[2][l]};
                     float gs[kGradValues];
                     render_backward_step(bs[l], d, bg_dot[l], T_final[l], dx[l], dy[l], conic, opacity, G[l],
@@ -90,10 +117,14 @@ int main() {
             if (bits(fs[l].T) != bits(fl.T[l]) || fs[l].last != fl.last[l]) ++fails;
             if (bits(fs[l].D) != bits(fl.D[l])) ++fails;
             for (int c = 0; c < 3; ++c) if (bits(fs[l].C[c]) != bits(fl.C[c][l])) ++fails;
-            if (bits(bs[l].T) != bits(bl.T[l])) ++fails;
+            if (bits(bs[l].T) != bits(bl.T[l]) || bits(bs[l].last_alpha) != bits(bl.last_alpha[l])) ++fails;
+            for (int c = 0; c < 3; ++c)
+                if (bits(bs[l].accum[c]) != bits(bl.accum[c][l]) || bits(bs[l].last_color[c]) != bits(bl.last_color[c][l]))
+                    ++fails;
             sum = sum * 31 + bits(fl.T[l]) + bits(fl.C[0][l]);
         }
     }
+    if (alpha_checked < 10000) { std::printf("only %d accepted pairs checked\n", alpha_checked); ++fails; }
     std::printf("max_ulp %ld checksum %016llx fails %d\n", static_cast<long>(worst),
                 static_cast<unsigned long long>(sum), fails);
     return fails ? 1 : 0;

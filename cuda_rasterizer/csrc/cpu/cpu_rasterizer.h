@@ -1,7 +1,8 @@
-// The CPU backend's stages: host loops around math.cuh's functions (preprocess_one, preprocess_backward_one,
-// tile_rect) and, for the per-pixel loops, lane forms of gaussian_alpha, pixel_forward_step and
-// render_backward_step that run 8 pixels at once.  Torch-free: raw pointers and the params structs of
-// rasterizer.h; the torch glue is cpu_bindings.cpp.
+// The CPU backend's stages: host loops around math.cuh's functions, the CUDA kernels' own: preprocess_one,
+// preprocess_backward_one and tile_rect per Gaussian, and per pixel gaussian_power, gaussian_alpha_of_power,
+// pixel_forward_step and render_backward_step, instantiated with the 8-pixel lane type of cpu_lanes.h (the
+// kernels instantiate them with float).  Torch-free: raw pointers and the params structs of rasterizer.h; the
+// torch glue is cpu_bindings.cpp.
 //
 // Structure (the CUDA pipeline's, with the loops a CPU wants):
 //   preprocess            parallel over Gaussians
@@ -12,20 +13,21 @@
 //                         pixels of a tile row walks them front to back in lockstep (each lane the CUDA
 //                         thread's loop; the group stops when all 8 are done)
 //   render backward       parallel over tiles; each 8-pixel group walks back to front from its lanes' largest
-//                         n_contrib, and each accepting lane adds its 9 gradient values, in pixel order, into the
-//                         tile's partial row of that Gaussian: row = list position, owned by this tile alone, so
+//                         n_contrib, and adds its accepting lanes' 9 gradient values lane-wise into the tile's
+//                         per-(list position, value) lane sums; the tile then writes each sum of 8 lanes into
+//                         its partial row of that Gaussian: row = list position, owned by this tile alone, so
 //                         no lock and no atomic.  Then, parallel over Gaussians, each Gaussian sums its rows in
 //                         tile order (the CPU form of the CUDA `tile` policy: one flush per (tile, Gaussian)).
 //   preprocess backward   parallel over Gaussians
 //
-// The lane forms (gaussian_alpha_lanes, pixel_forward_step_lanes, render_backward_step_lanes, next to the
-// loops below) do each lane's arithmetic exactly as the math.cuh function does, in the same order, with one
-// exception: expf is exp_lanes, a polynomial within 2 ulp of it (1 ulp measured).  Keep them in step with
-// math.cuh: tests/test_cpu_lanes.py checks them bitwise against the scalar steps, and the tests compare the
-// whole backend with the PyTorch reference (images 1e-5, gradients 1e-4 relative).
+// Lanes: each lane's arithmetic is the float instantiation's, in the same order, except that expf is
+// exp_lanes (within 2 ulp; 1 ulp measured).  tests/test_cpu_lanes.py checks the lane instantiations bitwise
+// against the float ones, and the tests compare the whole backend with the PyTorch reference (images 1e-5,
+// gradients 1e-4 relative).
 //
-// Determinism: every sum has a fixed order (pixel order within a tile, tile order across tiles) that does not
-// depend on which thread ran which tile, so the results are bitwise the same for any thread count.
+// Determinism: every sum has a fixed order (within a tile: lane-wise over the tile's lane groups in row order,
+// then over the 8 lanes; across tiles: tile order) that does not depend on which thread ran which tile, so
+// the results are bitwise the same for any thread count.
 #pragma once
 
 #include <algorithm>
@@ -41,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#include "../math.cuh"
+#include "cpu_lanes.h"
 
 namespace gsr::cpu {
 
@@ -152,7 +154,7 @@ inline void bin(const Camera& cam, const BinningParams& b, const BinOutputs& out
 }
 
 // A tile's Gaussians, staged contiguously in list order: x, y, conic A, B, C, opacity, colour r, g, b, and
-// the power below which the pair cannot reach alpha >= 1/255 (see gaussian_alpha_lanes), and the camera-space
+// the power below which the pair cannot reach alpha >= 1/255 (see staged_alpha), and the camera-space
 // z (0 when p.depths is null).
 constexpr int kStaged = 11;
 // Safety margin of that bound, in units of power (a factor e on alpha): covers any rounding difference
@@ -185,12 +187,6 @@ inline TileBox tile_box(const Camera& cam, int64_t t) {
                    std::min(cam.height, (ty + 1) * kBlockY)};
 }
 
-// Pixels of a tile row walked together, in lockstep over the tile's Gaussians: each lane is its own pixel
-// with its own state (the CUDA thread's loop, unchanged), and the lanes' independent dependency chains
-// (transmittance, colour) overlap in the core instead of waiting on each other.  Every per-pixel sum keeps
-// its order, so the results are bitwise those of one pixel at a time.
-constexpr int kLanes = 8;
-
 // The per-tile render loops are compiled twice, for AVX2 (8 lanes in one register) and for the build's
 // baseline (two SSE registers), and the loader picks the AVX2 one where the CPU has it (GCC/Clang function
 // multi-versioning; Linux x86-64).  Without FMA contraction the two give bitwise the same results; the rest
@@ -202,147 +198,28 @@ constexpr int kLanes = 8;
 #endif
 static_assert(kBlockX % kLanes == 0, "a tile row splits into whole lane groups");
 
-// The lanes' floats and ints as GCC/Clang vectors (one AVX register, or two SSE ones; no intrinsics, so any
-// x86 or ARM target compiles them).  -ffp-contract=off keeps every lane's arithmetic the scalar one.
-typedef float LaneF __attribute__((vector_size(4 * kLanes)));
-typedef int LaneI __attribute__((vector_size(4 * kLanes)));
-
-// The lanes' bit mask of a lane-wise condition.
-inline unsigned lane_bits(const LaneI& c) {
-    unsigned m = 0u;
-    for (int l = 0; l < kLanes; ++l) m |= static_cast<unsigned>(c[l] & 1) << l;
-    return m;
-}
-
-// All lanes of bit mask m as a lane-wise condition (-1 / 0).
-inline LaneI lanes_of(unsigned m) {
-    LaneI c;
-    for (int l = 0; l < kLanes; ++l) c[l] = (m >> l & 1u) ? -1 : 0;
-    return c;
-}
-
-
-// expf for each lane, to within 2 ulp of the libm expf that gaussian_alpha calls (Cody-Waite reduction to
-// [-ln2/2, ln2/2], then the classic degree-6 minimax polynomial, then 2^n through the exponent bits).  Inputs
-// below -87.3 give 2^-126 * p (they only meet alpha < 1/255 and are rejected); NaN gives NaN.
-inline LaneF exp_lanes(LaneF x) {
-    const LaneI nan = x != x;
-    x = x < -87.33654f ? LaneF{} - 87.33654f : x;
-    x = x > 88.0f ? LaneF{} + 88.0f : x;
-    const LaneF fx = x * 1.44269504088896341f + 0.5f;
-    LaneF n = __builtin_convertvector(__builtin_convertvector(fx, LaneI), LaneF);
-    n = n > fx ? n - 1.f : n;  // floor
-    const LaneF r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    const LaneF z = r * r;
-    LaneF y = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * z + r + 1.f;
-    const LaneI bits = (__builtin_convertvector(n, LaneI) + 127) << 23;
-    LaneF pow2;
-    std::memcpy(&pow2, &bits, sizeof pow2);
-    const LaneF out = y * pow2;
-    return nan ? x : out;
-}
-
-// The lane form of math.cuh's gaussian_alpha: the same power, the same tests (power <= 0, opacity * G >=
-// 1/255, alpha = min(0.99, opacity * G)), in the same order of operations, for the kLanes pixels (px[l], py)
-// and staged Gaussian s; only expf is exp_lanes.  Returns the accepting lanes as a bit mask; dx, dy, G, alpha
-// are meaningful in those lanes.  Lanes that cannot reach 1/255 (the staged power cut) are rejected first,
-// and a Gaussian no lane can reach skips the exponential altogether.
-inline unsigned gaussian_alpha_lanes(const float* s, const LaneF& px, float py, LaneF& dx, LaneF& dy, LaneF& G,
-                                     LaneF& alpha) {
-    dx = s[0] - px;
-    dy = LaneF{} + (s[1] - py);
-    const LaneF power = -0.5f * (s[2] * dx * dx + s[4] * dy * dy) - s[3] * dx * dy;
-    LaneI ok = (power <= 0.f) & (power >= s[9]);
-    if (lane_bits(ok) == 0u) return 0u;
-    G = exp_lanes(power);
-    const LaneF raw = s[5] * G;
-    ok &= raw >= kAlphaMin;
-    alpha = raw < kAlphaMax ? raw : LaneF{} + kAlphaMax;
-    return lane_bits(ok);
-}
-
-// math.cuh's PixelFwdState for kLanes pixels, and the lane forms of pixel_forward_init / pixel_forward_step:
-// the same arithmetic in the same order per lane (so each lane's colour, T and last are bitwise the scalar
-// step's), applied to the lanes of m.  Returns the lanes of m that are done (their step would take T below
-// kTMin: not composited, as pixel_forward_step returning false).
-struct PixelFwdLanes {
-    LaneF T, C[3], D;
-    LaneI last;
+// The pixels of a tile row walked together, in lockstep over the tile's Gaussians: each lane is its own pixel
+// with its own state (the CUDA thread's loop, unchanged), and the lanes' independent dependency chains
+// (transmittance, colour) overlap in the core instead of waiting on each other.  Every per-pixel sum keeps its
+// order, so each pixel's results are bitwise those of one pixel at a time.
+struct LaneGroup {
+    LaneF px, py;  // the lanes' pixel centres
+    LaneI inside;  // lanes inside the image (-1 / 0)
 };
 
-inline void pixel_forward_init_lanes(PixelFwdLanes& st) {
-    st.T = LaneF{} + 1.f;
-    for (int c = 0; c < 3; ++c) st.C[c] = LaneF{};
-    st.D = LaneF{};
-    st.last = LaneI{};
+inline LaneGroup lane_group(int x0, int py, int x1) {
+    const LaneI idx = lane_index();
+    return LaneGroup{__builtin_convertvector(idx + x0, LaneF), splat(static_cast<float>(py)), idx + x0 < x1};
 }
 
-// (the lane form of pixel_forward_step_depth: also D += (alpha * T) * z, the staged Gaussian's z)
-inline unsigned pixel_forward_step_lanes(PixelFwdLanes& st, unsigned m, const LaneF& alpha, const float color[3],
-                                         float z, int position) {
-    const LaneF test_T = st.T * (1.f - alpha);
-    const LaneI stop = test_T < kTMin;
-    const unsigned done = lane_bits(stop) & m;
-    const LaneI step = lanes_of(m & ~done);
-    for (int c = 0; c < 3; ++c) st.C[c] = step ? st.C[c] + color[c] * alpha * st.T : st.C[c];
-    st.D = step ? st.D + alpha * st.T * z : st.D;
-    st.T = step ? test_T : st.T;
-    st.last = step ? LaneI{} + position : st.last;
-    return done;
-}
-
-// math.cuh's PixelBackState for kLanes pixels, and the lane forms of pixel_back_init / render_backward_step:
-// the same arithmetic in the same order per lane, so each lane's state and its 9 values are bitwise the
-// scalar step's.  The state advances in the lanes of m only; out[v][l] is meaningful in those lanes.
-struct PixelBackLanes {
-    LaneF T, accum[3], last_alpha, last_color[3];
-};
-
-inline void pixel_back_init_lanes(PixelBackLanes& st, const LaneF& T_final) {
-    st.T = T_final;
-    st.last_alpha = LaneF{};
-    for (int c = 0; c < 3; ++c) st.accum[c] = st.last_color[c] = LaneF{};
-}
-
-inline void render_backward_step_lanes(PixelBackLanes& st, unsigned m, const LaneF dpix[3], const LaneF& bg_dot,
-                                       const LaneF& T_final, const LaneF& dx, const LaneF& dy, const float conic[3],
-                                       float opacity, const LaneF& G, const LaneF& alpha, const float color[3],
-                                       float out[kGradValues][kLanes]) {
-    const LaneI on = lanes_of(m);
-    const LaneF inv_one_minus = 1.f / (1.f - alpha);  // as render_backward_step: one reciprocal
-    const LaneF T = st.T * inv_one_minus;
-    st.T = on ? T : st.T;
-    const LaneF w = alpha * T;
-    LaneF g_alpha = LaneF{};
-    for (int c = 0; c < 3; ++c) {
-        const LaneF accum = st.last_alpha * st.last_color[c] + (1.f - st.last_alpha) * st.accum[c];
-        st.accum[c] = on ? accum : st.accum[c];
-        st.last_color[c] = on ? LaneF{} + color[c] : st.last_color[c];
-        g_alpha += (color[c] - accum) * dpix[c];
-        const LaneF o = w * dpix[c];
-        std::memcpy(out[6 + c], &o, sizeof o);
-    }
-    g_alpha *= T;
-    st.last_alpha = on ? alpha : st.last_alpha;
-    g_alpha += (-T_final * inv_one_minus) * bg_dot;
-
-    const LaneF g_G = opacity * g_alpha;
-    const LaneF gdx = G * dx, gdy = G * dy;
-    const LaneF o[6] = {g_G * (-gdx * conic[0] - gdy * conic[1]), g_G * (-gdy * conic[2] - gdx * conic[1]),
-                        -0.5f * gdx * dx * g_G, -gdx * dy * g_G, -0.5f * gdy * dy * g_G, G * g_alpha};
-    for (int v = 0; v < 6; ++v) std::memcpy(out[v], &o[v], sizeof o[v]);
-}
-
-// The lanes whose pixel composited list position j or a later one (j < last), as a bit mask.
-inline unsigned active_lanes(const int last[kLanes], int j) {
-    unsigned m = 0u;
-    for (int l = 0; l < kLanes; ++l) m |= static_cast<unsigned>(j < last[l]) << l;
-    return m;
+// math.cuh's gaussian_alpha for the lanes m of group g and the staged Gaussian s, with the staged power cut
+// first: lanes that cannot reach alpha >= 1/255 are rejected before the exponential, and a Gaussian that no
+// lane can reach skips it altogether.  Returns the accepting lanes; dx, dy, G, alpha are meaningful there.
+inline LaneI staged_alpha(const float* s, const LaneGroup& g, LaneI m, LaneF& dx, LaneF& dy, LaneF& G,
+                          LaneF& alpha) {
+    const LaneF power = gaussian_power(s[0], s[1], s + 2, g.px, g.py, dx, dy);
+    m &= (power <= 0.f) & (power >= s[9]);
+    return gaussian_alpha_of_power<LaneF>(m, power, s[5], G, alpha);
 }
 
 // One tile of the forward render (tile t; staged is the thread's scratch).
@@ -353,20 +230,19 @@ GSR_CPU_CLONES void render_forward_tile(const Camera& cam, const RenderParams& p
     stage_tile(p, start, n_items, staged);
     const TileBox box = tile_box(cam, t);
     for (int py = box.y0; py < box.y1; ++py) {
-        const float pyf = static_cast<float>(py);
         for (int x0 = box.x0; x0 < box.x1; x0 += kLanes) {
-            const int lanes = std::min(kLanes, box.x1 - x0);
-            LaneF pxv;
-            for (int l = 0; l < kLanes; ++l) pxv[l] = static_cast<float>(x0 + l);
-            PixelFwdLanes st;
-            pixel_forward_init_lanes(st);
-            unsigned live = (1u << lanes) - 1u;  // lanes not done
-            for (int j = 0; j < n_items && live != 0u; ++j) {
+            const LaneGroup g = lane_group(x0, py, box.x1);
+            PixelFwd<LaneF> st;
+            pixel_forward_init(st);
+            LaneI live = g.inside;  // lanes not done
+            for (int j = 0; j < n_items && any_lane(live); ++j) {
                 const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
                 LaneF dx, dy, G, alpha;
-                const unsigned m = gaussian_alpha_lanes(s, pxv, pyf, dx, dy, G, alpha) & live;
-                if (m != 0u) live &= ~pixel_forward_step_lanes(st, m, alpha, s + 6, s[10], j + 1);
+                const LaneI m = staged_alpha(s, g, live, dx, dy, G, alpha);
+                if (!any_lane(m)) continue;
+                live &= ~m | pixel_forward_step(st, m, alpha, s + 6, s[10], j + 1);  // m minus the done lanes
             }
+            const int lanes = std::min(kLanes, box.x1 - x0);
             for (int l = 0; l < lanes; ++l) {
                 const int64_t pix = static_cast<int64_t>(py) * cam.width + x0 + l;
                 for (int c = 0; c < 3; ++c) p.image[c * hw + pix] = st.C[c][l] + st.T[l] * cam.bg[c];
@@ -386,9 +262,11 @@ inline void render_forward(const Camera& cam, const RenderParams& p, int threads
     });
 }
 
-// One tile of the backward render: its rows of partial (see render_backward).
+// One tile of the backward render: its rows of partial (see render_backward).  sums is the thread's scratch:
+// per list position and gradient value, the lane-wise sum over the tile's lane groups; each row of partial
+// is then the sum of its 8 lanes, in lane order.  A fixed order that does not depend on the threads.
 GSR_CPU_CLONES void render_backward_tile(const Camera& cam, const RenderParams& p, int64_t t, float* partial,
-                                         std::vector<float>& staged) {
+                                         std::vector<float>& staged, std::vector<float>& sums) {
     const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
     const int start = p.ranges[2 * t], end = p.ranges[2 * t + 1];
     float* rows = partial + static_cast<int64_t>(start) * kGradValues;
@@ -401,43 +279,47 @@ GSR_CPU_CLONES void render_backward_tile(const Camera& cam, const RenderParams& 
     count = std::min(count, end - start);
     if (count == 0) return;
     stage_tile(p, start, count, staged);
+    sums.assign(static_cast<size_t>(count) * kGradValues * kLanes, 0.f);
     for (int py = box.y0; py < box.y1; ++py) {
-        const float pyf = static_cast<float>(py);
         for (int x0 = box.x0; x0 < box.x1; x0 += kLanes) {
+            const LaneGroup grp = lane_group(x0, py, box.x1);
             const int lanes = std::min(kLanes, box.x1 - x0);
-            int last[kLanes];
-            LaneF pxv, T_final, dpix[3], bg_dot = LaneF{};
+            LaneI last = LaneI{};
+            LaneF T_final = splat(1.f), dpix[3] = {LaneF{}, LaneF{}, LaneF{}}, bg_dot = LaneF{};
             int top = 0;  // the lanes' largest last
-            for (int l = 0; l < kLanes; ++l) {
+            for (int l = 0; l < lanes; ++l) {
                 const int64_t pix = static_cast<int64_t>(py) * cam.width + x0 + l;
-                last[l] = l < lanes ? std::min(p.n_contrib[pix], count) : 0;
+                last[l] = std::min(p.n_contrib[pix], count);
                 top = std::max(top, last[l]);
-                pxv[l] = static_cast<float>(x0 + l);
-                T_final[l] = l < lanes ? p.final_T[pix] : 1.f;
+                T_final[l] = p.final_T[pix];
                 for (int c = 0; c < 3; ++c) {
-                    dpix[c][l] = l < lanes ? p.grad_image[c * hw + pix] : 0.f;
+                    dpix[c][l] = p.grad_image[c * hw + pix];
                     bg_dot[l] += cam.bg[c] * dpix[c][l];
                 }
-                if (p.grad_final_T && l < lanes) bg_dot[l] += p.grad_final_T[pix];
+                if (p.grad_final_T) bg_dot[l] += p.grad_final_T[pix];
             }
-            PixelBackLanes st;
-            pixel_back_init_lanes(st, T_final);
+            PixelBack<LaneF> st;
+            pixel_back_init(st, T_final);
             for (int j = top - 1; j >= 0; --j) {
                 const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
                 LaneF dx, dy, G, alpha;
-                const unsigned m = gaussian_alpha_lanes(s, pxv, pyf, dx, dy, G, alpha) & active_lanes(last, j);
-                if (m == 0u) continue;
-                float g[kGradValues][kLanes];
-                render_backward_step_lanes(st, m, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
-                // lane order = pixel order: the row's sums keep the order of one pixel at a time
-                float* row = rows + static_cast<int64_t>(j) * kGradValues;
-                for (unsigned k = m; k != 0u; k &= k - 1u) {
-                    const int l = __builtin_ctz(k);
-                    for (int v = 0; v < kGradValues; ++v) row[v] += g[v][l];
-                }
+                const LaneI m = staged_alpha(s, grp, (LaneI{} + j) < last, dx, dy, G, alpha);
+                if (!any_lane(m)) continue;
+                LaneF g[kGradValues];
+                render_backward_step(st, m, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
+                float* sum = sums.data() + static_cast<size_t>(j) * kGradValues * kLanes;
+                for (int v = 0; v < kGradValues; ++v)
+                    store_lanes(sum + v * kLanes, load_lanes(sum + v * kLanes) + (m ? g[v] : LaneF{}));
             }
         }
     }
+    for (int j = 0; j < count; ++j)
+        for (int v = 0; v < kGradValues; ++v) {
+            const float* sum = sums.data() + (static_cast<size_t>(j) * kGradValues + v) * kLanes;
+            float r = sum[0];
+            for (int l = 1; l < kLanes; ++l) r += sum[l];
+            rows[static_cast<int64_t>(j) * kGradValues + v] = r;
+        }
 }
 
 // Backward render.  partial [M * kGradValues] is scratch (written here, no need to zero it); the four gradient
@@ -447,7 +329,8 @@ inline void render_backward(const Camera& cam, const RenderParams& p, const Binn
                             const BinOutputs& out, float* partial, int threads) {
     parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
         thread_local std::vector<float> staged;
-        render_backward_tile(cam, p, t, partial, staged);
+        thread_local std::vector<float> sums;
+        render_backward_tile(cam, p, t, partial, staged, sums);
     });
     // one flush per (tile, Gaussian), in tile order
     parallel_for(b.n, threads, 1024, [&](int64_t i) {
