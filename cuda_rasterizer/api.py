@@ -43,7 +43,9 @@ def _cpu_auto_available() -> bool:
     if not _cpu_choice_logged:
         _cpu_choice_logged = True
         if reason is None:
-            log.info("rasterizer backend for CPU tensors: cpu (the C++ backend built and loaded)")
+            from ._cpu_backend import load_cpu_extension
+            log.info("rasterizer backend for CPU tensors: cpu (the C++ backend built and loaded; %s tile loops)",
+                     load_cpu_extension().isa())
         else:
             log.warning("rasterizer backend for CPU tensors: reference (slow PyTorch), because the C++ CPU "
                         "backend is unavailable: %s", reason)

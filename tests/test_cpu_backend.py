@@ -173,6 +173,40 @@ def test_deterministic_for_a_thread_count_and_across_thread_counts():
         assert torch.equal(x, z)      # and across thread counts (fixed summation order)
 
 
+_ISA_SCRIPT = """
+import hashlib, sys, torch
+from cuda_rasterizer import rasterize_gaussians
+from cuda_rasterizer._cpu_backend import load_cpu_extension
+from cuda_rasterizer.reference import random_scene
+torch.set_num_threads(1)
+means, scales, rots, ops, shs, settings = random_scene(2000, 75, 61, seed=9, sh_degree=2)
+leaves = [t.detach().clone().requires_grad_(True) for t in (means, scales, rots, ops, shs)]
+out = rasterize_gaussians(*leaves[:4], shs=leaves[4], settings=settings, backend="cpu")
+(out.image * torch.linspace(-1, 1, out.image.numel()).reshape(out.image.shape)).sum().backward()
+h = hashlib.sha256()
+for t in [out.image, out.final_T, out.depth] + [x.grad for x in leaves]:
+    h.update(t.detach().contiguous().numpy().tobytes())
+print(load_cpu_extension().isa(), h.hexdigest())
+"""
+
+
+def test_every_instruction_set_gives_the_same_bits():
+    """The tile loops' AVX-512 / AVX2 / baseline builds (GSR_CPU_ISA picks a lower one): bitwise the same."""
+    import os
+    import subprocess
+    import sys
+    results = {}
+    for isa in ("", "avx2", "baseline"):
+        env = dict(os.environ, GSR_CPU_ISA=isa)
+        run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        name, digest = run.stdout.split()
+        results[name] = digest
+    assert "baseline" in results                 # the forced lowest one ran
+    assert len(set(results.values())) == 1, results
+
+
 # --- "auto" ------------------------------------------------------------------------------------------
 
 def test_auto_picks_the_cpu_backend_and_says_so(monkeypatch, caplog):

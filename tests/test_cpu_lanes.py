@@ -4,8 +4,8 @@ The CPU backend runs the CUDA kernels' own per-pixel code (gaussian_power, gauss
 pixel_forward_step, render_backward_step), instantiated with csrc/cpu/cpu_lanes.h's vector type.
 tests/cpp/cpu_lanes_check.cpp checks exp_lanes within 2 ulp of expf, alpha within 2 ulp, and every other
 lane result bitwise equal to the float instantiation's (the kernels'), on random inputs.  Compiled for the
-baseline target and, where the CPU has AVX2, for AVX2 too: the two builds must print the same checksums
-(the AVX2 and baseline clones of the tile loops give the same bits).
+baseline target and, where the CPU has them, for AVX2 and AVX-512VL too: the builds must print the same
+checksums (the tile loops' builds for each instruction set give the same bits).
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ CSRC = ROOT / "cuda_rasterizer" / "csrc"
 FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_has(*flags: str) -> bool:
     try:
-        return platform.machine() in ("x86_64", "AMD64") and " avx2" in Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+    return platform.machine() in ("x86_64", "AMD64") and all(f" {f}" in info for f in flags)
+
+
+AVX512 = ("avx512f", "avx512vl", "avx512dq", "avx512bw")
 
 
 def _run(tmp_path: Path, extra: list) -> str:
@@ -44,5 +48,7 @@ def _run(tmp_path: Path, extra: list) -> str:
 def test_lane_forms_match_the_scalar_math_bitwise(tmp_path):
     base = _run(tmp_path, [])
     assert "fails 0" in base
-    if _cpu_has_avx2():
+    if _cpu_has("avx2"):
         assert _run(tmp_path, ["-mavx2"]) == base
+    if _cpu_has(*AVX512):   # the tile loops' AVX-512VL build (cpu_rasterizer.h)
+        assert _run(tmp_path, [f"-m{f}" for f in AVX512]) == base

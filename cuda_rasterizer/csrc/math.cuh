@@ -13,8 +13,14 @@
 
 #ifdef __CUDACC__
 #define GSR_HD __host__ __device__ __forceinline__
+#define GSR_PIXEL __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define GSR_HD inline
+// the per-pixel steps: always inlined on the host too, into the CPU backend's ISA-specific tile loops
+#define GSR_PIXEL inline __attribute__((always_inline))
 #else
 #define GSR_HD inline
+#define GSR_PIXEL inline
 #endif
 
 namespace gsr {
@@ -469,15 +475,15 @@ template <>
 struct LaneOps<float> {
     using Mask = bool;
     using Int = int;
-    static GSR_HD bool all_of(bool m, bool a) { return m && a; }
-    static GSR_HD bool and_not(bool m, bool a) { return m && !a; }
-    static GSR_HD bool any(bool m) { return m; }
-    static GSR_HD bool taken(bool) { return true; }
-    static GSR_HD float select(bool m, float a, float b) { return m ? a : b; }
-    static GSR_HD float splat(float x) { return x; }
-    static GSR_HD int select(bool m, int a, int b) { return m ? a : b; }
-    static GSR_HD float exp(float x) { return expf(x); }
-    static GSR_HD float min(float x, float c) { return fminf(x, c); }
+    static GSR_PIXEL bool all_of(bool m, bool a) { return m && a; }
+    static GSR_PIXEL bool and_not(bool m, bool a) { return m && !a; }
+    static GSR_PIXEL bool any(bool m) { return m; }
+    static GSR_PIXEL bool taken(bool) { return true; }
+    static GSR_PIXEL float select(bool m, float a, float b) { return m ? a : b; }
+    static GSR_PIXEL float splat(float x) { return x; }
+    static GSR_PIXEL int select(bool m, int a, int b) { return m ? a : b; }
+    static GSR_PIXEL float exp(float x) { return expf(x); }
+    static GSR_PIXEL float min(float x, float c) { return fminf(x, c); }
 };
 
 template <class F>
@@ -485,7 +491,7 @@ using MaskOf = typename LaneOps<F>::Mask;
 
 // The Gaussian's exponent at pixel (px, py): -1/2 d^T conic d with d = (dx, dy) = mean - pixel.
 template <class F>
-GSR_HD F gaussian_power(float mx, float my, const float conic[3], const F& px, const F& py, F& dx, F& dy) {
+GSR_PIXEL F gaussian_power(float mx, float my, const float conic[3], const F& px, const F& py, F& dx, F& dy) {
     dx = mx - px;
     dy = my - py;
     return -0.5f * (conic[0] * dx * dx + conic[2] * dy * dy) - conic[1] * dx * dy;
@@ -494,7 +500,7 @@ GSR_HD F gaussian_power(float mx, float my, const float conic[3], const F& px, c
 // Of the lanes ok (where the caller has checked power <= 0), those where the pair is composited: alpha =
 // min(0.99, opacity * exp(power)) >= 1/255 (NaN fails).  G and alpha are set unless no lane of ok is left.
 template <class F>
-GSR_HD MaskOf<F> gaussian_alpha_of_power(MaskOf<F> ok, const F& power, float opacity, F& G, F& alpha) {
+GSR_PIXEL MaskOf<F> gaussian_alpha_of_power(MaskOf<F> ok, const F& power, float opacity, F& G, F& alpha) {
     using L = LaneOps<F>;
     if (!L::any(ok)) return MaskOf<F>{};
     G = L::exp(power);
@@ -508,7 +514,7 @@ GSR_HD MaskOf<F> gaussian_alpha_of_power(MaskOf<F> ok, const F& power, float opa
 // Whether the Gaussian is composited at pixel (px, py) (power <= 0 and alpha >= 1/255), with the
 // quantities the backward step needs.  dx, dy = mean - pixel.
 template <class F>
-GSR_HD MaskOf<F> gaussian_alpha(float mx, float my, const float conic[3], float opacity, const F& px, const F& py,
+GSR_PIXEL MaskOf<F> gaussian_alpha(float mx, float my, const float conic[3], float opacity, const F& px, const F& py,
                                 F& dx, F& dy, F& G, F& alpha) {
     const F power = gaussian_power(mx, my, conic, px, py, dx, dy);
     return gaussian_alpha_of_power<F>(power <= 0.f, power, opacity, G, alpha);
@@ -525,7 +531,7 @@ struct PixelFwd {
 using PixelFwdState = PixelFwd<float>;
 
 template <class F>
-GSR_HD void pixel_forward_init(PixelFwd<F>& st) {
+GSR_PIXEL void pixel_forward_init(PixelFwd<F>& st) {
     st.T = F{} + 1.f;
     st.D = F{};
     st.last = typename LaneOps<F>::Int{};
@@ -537,7 +543,7 @@ GSR_HD void pixel_forward_init(PixelFwd<F>& st) {
 // multiplied by (1 - alpha).  Returns the lanes of m where it was composited; the other lanes of m are done:
 // this Gaussian would take their transmittance below kTMin, so it is not composited there and no later one is.
 template <class F>
-GSR_HD MaskOf<F> pixel_forward_step(PixelFwd<F>& st, MaskOf<F> m, const F& alpha, const float color[3], float z,
+GSR_PIXEL MaskOf<F> pixel_forward_step(PixelFwd<F>& st, MaskOf<F> m, const F& alpha, const float color[3], float z,
                                     int position) {
     using L = LaneOps<F>;
     const F test_T = st.T * (1.f - alpha);
@@ -552,7 +558,7 @@ GSR_HD MaskOf<F> pixel_forward_step(PixelFwd<F>& st, MaskOf<F> m, const F& alpha
 }
 
 // The one-pixel form: false when the pixel is done (the Gaussian is not composited).
-GSR_HD bool pixel_forward_step_depth(PixelFwdState& st, float alpha, const float color[3], float z, int position) {
+GSR_PIXEL bool pixel_forward_step_depth(PixelFwdState& st, float alpha, const float color[3], float z, int position) {
     return pixel_forward_step<float>(st, true, alpha, color, z, position);
 }
 
@@ -567,7 +573,7 @@ struct PixelBack {
 using PixelBackState = PixelBack<float>;
 
 template <class F>
-GSR_HD void pixel_back_init(PixelBack<F>& st, const F& T_final) {
+GSR_PIXEL void pixel_back_init(PixelBack<F>& st, const F& T_final) {
     st.T = T_final;
     st.last_alpha = F{};
     for (int c = 0; c < 3; ++c) st.accum[c] = st.last_color[c] = F{};
@@ -579,7 +585,7 @@ GSR_HD void pixel_back_init(PixelBack<F>& st, const F& T_final) {
 // meaningful in the lanes on; alpha's min(0.99) clamp passes the gradient straight through, as in the
 // reference.
 template <class F>
-GSR_HD void render_backward_step(PixelBack<F>& st, MaskOf<F> on, const F dpix[3], const F& bg_dot, const F& T_final,
+GSR_PIXEL void render_backward_step(PixelBack<F>& st, MaskOf<F> on, const F dpix[3], const F& bg_dot, const F& T_final,
                                  const F& dx, const F& dy, const float conic[3], float opacity, const F& G,
                                  const F& alpha, const float color[3], F out[kGradValues]) {
     using L = LaneOps<F>;
@@ -610,7 +616,7 @@ GSR_HD void render_backward_step(PixelBack<F>& st, MaskOf<F> on, const F dpix[3]
 }
 
 // The one-pixel form (the pair is composited).
-GSR_HD void render_backward_step(PixelBackState& st, const float dpix[3], float bg_dot, float T_final, float dx,
+GSR_PIXEL void render_backward_step(PixelBackState& st, const float dpix[3], float bg_dot, float T_final, float dx,
                                  float dy, const float conic[3], float opacity, float G, float alpha,
                                  const float color[3], float out[kGradValues]) {
     render_backward_step<float>(st, true, dpix, bg_dot, T_final, dx, dy, conic, opacity, G, alpha, color, out);

@@ -1,9 +1,10 @@
 // The CPU backend's lane type: 8 pixels of a tile row in one GCC/Clang vector (one AVX register, or two SSE
-// ones), and its LaneOps, so that math.cuh's per-pixel steps (gaussian_power, gaussian_alpha_of_power,
-// pixel_forward_step, render_backward_step) run on 8 pixels at once: the CUDA kernels instantiate the same
-// templates with float.  No intrinsics, so any x86 or ARM target compiles it; -ffp-contract=off keeps every
-// lane's arithmetic the scalar one.  Each lane's results are bitwise those of the float instantiation, except
-// that expf is exp_lanes, a polynomial within 2 ulp of it (tests/test_cpu_lanes.py checks both).
+// ones), and its LaneOps, so that math.cuh's per-pixel steps
+// (gaussian_power, gaussian_alpha_of_power, pixel_forward_step, render_backward_step) run on 8 pixels at once:
+// the CUDA kernels instantiate the same templates with float.  No intrinsics, so any x86 or ARM target
+// compiles it; -ffp-contract=off keeps every lane's arithmetic the scalar one.  Each lane's results are
+// bitwise those of the float instantiation, except that expf is exp_lanes, a polynomial within 2 ulp of it
+// (tests/test_cpu_lanes.py checks both).
 #pragma once
 
 #include <cstdint>
@@ -11,88 +12,124 @@
 
 #include "../math.cuh"
 
+// The lane code is only fast inlined into the ISA-specific tile loops (cpu_rasterizer.h), which are compiled
+// for AVX2 / AVX-512VL: an out-of-line copy would be baseline code.  (W: the lane count, 8 here; 16-lane
+// vectors were measured slower with GCC 12, on AVX-512 as on AVX2.)
+#if defined(__GNUC__) || defined(__clang__)
+#define GSR_LANE inline __attribute__((always_inline))
+#else
+#define GSR_LANE inline
+#endif
+
 namespace gsr::cpu {
 
+template <int W>
+struct LaneTypes {
+    typedef float F __attribute__((vector_size(4 * W)));
+    typedef int I __attribute__((vector_size(4 * W)));
+};
+template <int W>
+using LaneFW = typename LaneTypes<W>::F;
+template <int W>
+using LaneIW = typename LaneTypes<W>::I;
+
+// The lane types the backend uses.
 constexpr int kLanes = 8;
+using LaneF = LaneFW<kLanes>;
+using LaneI = LaneIW<kLanes>;
 
-typedef float LaneF __attribute__((vector_size(4 * kLanes)));
-typedef int LaneI __attribute__((vector_size(4 * kLanes)));
+// The lane count of a lane vector type.
+template <class V>
+constexpr int lanes_of = static_cast<int>(sizeof(V) / 4);
 
-inline LaneF splat(float x) {
-    LaneF v;
-    for (int l = 0; l < kLanes; ++l) v[l] = x;  // (not LaneF{} + x, which would turn -0 into +0)
+template <class V>
+GSR_LANE V splat(float x) {
+    V v;
+    for (int l = 0; l < lanes_of<V>; ++l) v[l] = x;  // (not V{} + x, which would turn -0 into +0)
     return v;
 }
 
-// kLanes floats at p, unaligned (a std::vector of LaneF would not be aligned: the vector attribute does not
+// W floats at p, unaligned (a std::vector of lane vectors would not be aligned: the vector attribute does not
 // survive as a template argument).
-inline LaneF load_lanes(const float* p) {
-    LaneF v;
+template <class V>
+GSR_LANE V load_lanes(const float* p) {
+    V v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
 
-inline void store_lanes(float* p, const LaneF& v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+GSR_LANE void store_lanes(float* p, const V& v) {
+    std::memcpy(p, &v, sizeof v);
+}
 
-// 0, 1, ..., kLanes - 1
-inline LaneI lane_index() {
-    LaneI v;
-    for (int l = 0; l < kLanes; ++l) v[l] = l;
+// 0, 1, ..., W - 1
+template <int W>
+GSR_LANE LaneIW<W> lane_index() {
+    LaneIW<W> v;
+    for (int l = 0; l < W; ++l) v[l] = l;
     return v;
 }
 
-// Whether some lane of a lane-wise condition (-1 / 0) is set: an OR of its four 64-bit quarters.
-inline bool any_lane(const LaneI& m) {
-    typedef long long Quads __attribute__((vector_size(4 * kLanes)));
-    Quads q;
-    std::memcpy(&q, &m, sizeof q);
-    return (q[0] | q[1] | q[2] | q[3]) != 0;
+// Whether some lane of a lane-wise condition (-1 / 0) is set: an OR of its 64-bit quarters.
+template <class M>
+GSR_LANE bool any_lane(const M& m) {
+    long long q[sizeof(M) / 8];
+    std::memcpy(q, &m, sizeof q);
+    long long r = q[0];
+    for (size_t k = 1; k < sizeof(M) / 8; ++k) r |= q[k];
+    return r != 0;
 }
 
 // expf for each lane, to within 2 ulp of the libm expf that LaneOps<float>::exp calls (Cody-Waite reduction
 // to [-ln2/2, ln2/2], then the classic degree-6 minimax polynomial, then 2^n through the exponent bits).
 // Inputs below -87.3 give 2^-126 * p (they only meet alpha < 1/255 and are rejected); NaN gives NaN.
-inline LaneF exp_lanes(LaneF x) {
-    const LaneI nan = x != x;
-    x = x < -87.33654f ? LaneF{} - 87.33654f : x;
-    x = x > 88.0f ? LaneF{} + 88.0f : x;
-    const LaneF fx = x * 1.44269504088896341f + 0.5f;
-    LaneF n = __builtin_convertvector(__builtin_convertvector(fx, LaneI), LaneF);
+template <class V>
+GSR_LANE V exp_lanes(V x) {
+    using I = decltype(x < x);
+    const I nan = x != x;
+    x = x < -87.33654f ? V{} - 87.33654f : x;
+    x = x > 88.0f ? V{} + 88.0f : x;
+    const V fx = x * 1.44269504088896341f + 0.5f;
+    V n = __builtin_convertvector(__builtin_convertvector(fx, I), V);
     n = n > fx ? n - 1.f : n;  // floor
-    const LaneF r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    const LaneF z = r * r;
-    LaneF y = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    const V r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    const V z = r * r;
+    V y = 1.9875691500e-4f * r + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
     y = y * r + 4.1665795894e-2f;
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * z + r + 1.f;
-    const LaneI bits = (__builtin_convertvector(n, LaneI) + 127) << 23;
-    LaneF pow2;
+    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    V pow2;
     std::memcpy(&pow2, &bits, sizeof pow2);
-    const LaneF out = y * pow2;
+    const V out = y * pow2;
     return nan ? x : out;
 }
+
+// math.cuh's lane operations for the W-pixel vector (see LaneOps there).
+template <int W>
+struct VectorLaneOps {
+    using F = LaneFW<W>;
+    using Mask = LaneIW<W>;
+    using Int = LaneIW<W>;
+    static GSR_LANE Mask all_of(const Mask& m, const Mask& a) { return m & a; }
+    static GSR_LANE Mask and_not(const Mask& m, const Mask& a) { return m & ~a; }
+    static GSR_LANE bool any(const Mask& m) { return any_lane(m); }
+    static GSR_LANE Mask taken(const Mask& m) { return m; }
+    static GSR_LANE F select(const Mask& m, const F& a, const F& b) { return m ? a : b; }
+    static GSR_LANE Int select(const Mask& m, int a, const Int& b) { return m ? Int{} + a : b; }
+    static GSR_LANE F exp(const F& x) { return exp_lanes(x); }
+    static GSR_LANE F min(const F& x, float c) { return x < c ? x : cpu::splat<F>(c); }
+    static GSR_LANE F splat(float x) { return cpu::splat<F>(x); }
+};
 
 }  // namespace gsr::cpu
 
 namespace gsr {
 
-// math.cuh's lane operations for the 8-pixel vector (see LaneOps there).
 template <>
-struct LaneOps<cpu::LaneF> {
-    using F = cpu::LaneF;
-    using Mask = cpu::LaneI;
-    using Int = cpu::LaneI;
-    static Mask all_of(const Mask& m, const Mask& a) { return m & a; }
-    static Mask and_not(const Mask& m, const Mask& a) { return m & ~a; }
-    static bool any(const Mask& m) { return cpu::any_lane(m); }
-    static Mask taken(const Mask& m) { return m; }
-    static F select(const Mask& m, const F& a, const F& b) { return m ? a : b; }
-    static Int select(const Mask& m, int a, const Int& b) { return m ? Int{} + a : b; }
-    static F exp(const F& x) { return cpu::exp_lanes(x); }
-    static F min(const F& x, float c) { return x < c ? x : cpu::splat(c); }
-    static F splat(float x) { return cpu::splat(x); }
-};
+struct LaneOps<cpu::LaneF> : cpu::VectorLaneOps<cpu::kLanes> {};
 
 }  // namespace gsr
