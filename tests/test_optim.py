@@ -59,11 +59,14 @@ CPU_FUSED_ADAM = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 
 
 @pytest.mark.skipif(not CPU_FUSED_ADAM, reason="fused Adam runs on the CPU from torch 2.4")
 def test_resume_keeps_fused_adam_and_casts_its_steps():
-    """A checkpoint written by non-fused Adam (the CPU) and loaded into fused Adam (CUDA) keeps fused on,
+    """A checkpoint written by non-fused Adam (an older run) and loaded into fused Adam keeps fused on,
     with the step counters cast as fused Adam needs them (float32 on the parameter's device).  Fused Adam
     runs on the CPU too (torch >= 2.4), which lets this test stand in for the GPU."""
     m = GaussianModel.from_points(torch.rand(5, 3), torch.rand(5, 3), sh_degree=0)
-    plain = make_optimizer(m, OptimConfig(), 1.0)
+    assert all(g["fused"] for g in make_optimizer(m, OptimConfig(), 1.0).param_groups)   # fused on the CPU too
+    made = make_optimizer(m, OptimConfig(), 1.0)
+    plain = torch.optim.Adam([{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in made.param_groups],
+                             lr=0.0, eps=1e-15)   # as a checkpoint of an older run or another device has it
     m.means.square().sum().backward()
     plain.step()
     saved = plain.state_dict()

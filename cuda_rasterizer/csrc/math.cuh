@@ -468,6 +468,9 @@ GSR_HD void preprocess_backward_one(const Camera& cam, const PreprocessBackwardP
 //   splat(x)            x in every lane
 //   taken(m)            m, where any(m) was just found true: for one lane the constant true, so that the
 //                       callers' branches fold (nvcc does not fold a returned flag it has just tested)
+//   early(m)            whether an early return when no lane of m is left is tested: any(m) for one lane; a
+//                       vector may skip the test (true) where what follows leaves the lanes outside m as
+//                       they are, so that the result is the same either way
 template <class F>
 struct LaneOps;
 
@@ -479,6 +482,7 @@ struct LaneOps<float> {
     static GSR_PIXEL bool and_not(bool m, bool a) { return m && !a; }
     static GSR_PIXEL bool any(bool m) { return m; }
     static GSR_PIXEL bool taken(bool) { return true; }
+    static GSR_PIXEL bool early(bool m) { return m; }
     static GSR_PIXEL float select(bool m, float a, float b) { return m ? a : b; }
     static GSR_PIXEL float splat(float x) { return x; }
     static GSR_PIXEL int select(bool m, int a, int b) { return m ? a : b; }
@@ -506,7 +510,7 @@ GSR_PIXEL MaskOf<F> gaussian_alpha_of_power(MaskOf<F> ok, const F& power, float 
     G = L::exp(power);
     const F raw = opacity * G;
     ok = L::all_of(ok, raw >= kAlphaMin);  // min(0.99, raw) >= 1/255 iff raw >= 1/255
-    if (!L::any(ok)) return MaskOf<F>{};
+    if (!L::early(ok)) return MaskOf<F>{};
     alpha = L::min(raw, kAlphaMax);
     return L::taken(ok);
 }
@@ -548,9 +552,9 @@ GSR_PIXEL MaskOf<F> pixel_forward_step(PixelFwd<F>& st, MaskOf<F> m, const F& al
     using L = LaneOps<F>;
     const F test_T = st.T * (1.f - alpha);
     const MaskOf<F> step = L::and_not(m, test_T < kTMin);
-    if (!L::any(step)) return MaskOf<F>{};
+    if (!L::early(step)) return MaskOf<F>{};
     const F weight = alpha * st.T;
-    for (int c = 0; c < 3; ++c) st.C[c] = L::select(step, st.C[c] + color[c] * alpha * st.T, st.C[c]);
+    for (int c = 0; c < 3; ++c) st.C[c] = L::select(step, st.C[c] + color[c] * weight, st.C[c]);
     st.D = L::select(step, st.D + weight * z, st.D);
     st.T = L::select(step, test_T, st.T);
     st.last = L::select(step, position, st.last);

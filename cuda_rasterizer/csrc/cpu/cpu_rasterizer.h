@@ -230,8 +230,9 @@ GSR_LANE void render_forward_tile(const Camera& cam, const RenderParams& p, int6
             PixelFwd<F> st;
             pixel_forward_init(st);
             I live = g.inside;  // lanes not done
-            for (int j = 0; j < n_items && any_lane(live); ++j) {
-                const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+            const float* s = staged.data();
+            // (whether some lane is left is tested every 4th Gaussian: a done lane gets no more work anyway)
+            for (int j = 0; j < n_items && ((j & 3) != 0 || any_lane(live)); ++j, s += kStaged) {
                 F dx, dy, G, alpha;
                 const I m = staged_alpha<W>(s, g, live, dx, dy, G, alpha);
                 if (!any_lane(m)) continue;
