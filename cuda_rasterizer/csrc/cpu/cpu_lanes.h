@@ -83,18 +83,18 @@ GSR_LANE bool any_lane(const LaneI& m) {
     return (o[0] | o[1]) != 0;
 }
 
-// expf for each lane, to within 2 ulp of the libm expf that LaneOps<float>::exp calls (Cody-Waite reduction
-// to [-ln2/2, ln2/2], then the classic degree-6 minimax polynomial, then 2^n through the exponent bits).
-// Inputs below -87.3 give 2^-126 * p (they only meet alpha < 1/255 and are rejected); NaN gives NaN.
+// expf for each lane of x <= 0, to within 2 ulp of the libm expf that LaneOps<float>::exp calls (Cody-Waite
+// reduction to [-ln2/2, ln2/2] around n = rint(x log2 e), taken with the 1.5 * 2^23 rounding trick, which also
+// leaves n in the low mantissa bits for 2^n; then the classic degree-6 minimax polynomial).  Inputs below
+// -87.3 give 2^-126 * p (they only meet alpha < 1/255 and are rejected).  Lanes with x > 0 or NaN give
+// garbage: gaussian_alpha_of_power only keeps lanes with power <= 0 (NaN fails that test).
 template <class V>
 GSR_LANE V exp_lanes(V x) {
     using I = decltype(x < x);
-    const I nan = x != x;
+    constexpr float kRound = 12582912.f;  // 1.5 * 2^23: t + kRound rounds t to an integer (|t| < 2^22)
     x = x < -87.33654f ? V{} - 87.33654f : x;
-    x = x > 88.0f ? V{} + 88.0f : x;
-    const V fx = x * 1.44269504088896341f + 0.5f;
-    V n = __builtin_convertvector(__builtin_convertvector(fx, I), V);
-    n = n > fx ? n - 1.f : n;  // floor
+    const V t = x * 1.44269504088896341f + kRound;
+    const V n = t - kRound;
     const V r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
     const V z = r * r;
     V y = 1.9875691500e-4f * r + 1.3981999507e-3f;
@@ -103,11 +103,12 @@ GSR_LANE V exp_lanes(V x) {
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * z + r + 1.f;
-    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    I tb;
+    std::memcpy(&tb, &t, sizeof tb);
+    const I bits = (tb - (0x4B400000 - 127)) << 23;  // (n + 127) << 23: n = bits(t) - bits(kRound)
     V pow2;
     std::memcpy(&pow2, &bits, sizeof pow2);
-    const V out = y * pow2;
-    return nan ? x : out;
+    return y * pow2;
 }
 
 // math.cuh's lane operations for the W-pixel vector (see LaneOps there).
