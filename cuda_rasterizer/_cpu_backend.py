@@ -12,6 +12,12 @@ Environment:
     CUDA_RASTERIZER_BUILD_DIR   build folder root (else $TORCH_EXTENSIONS_DIR/cuda_rasterizer, else
                                 ~/.cache/cuda_rasterizer), shared with the CUDA backend
     CXX                         the C++ compiler (else ``c++``), as for torch's own extension builds
+    GSR_CPU_ISA                 avx2 or baseline: build for that instruction set even where the CPU has a
+                                better one (the default is the best it has: ``ISAS``)
+
+Instruction set: the extension is built on the machine it runs on, for the best instruction set the CPU
+has (AVX-512 gives 16-lane tile loops, AVX2 8, the baseline 8 in two SSE registers), that the compiler
+accepts; the results are bitwise the same for each.
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ DEPENDS = (CPU_DIR / "cpu_bindings.cpp", CPU_DIR / "cpu_rasterizer.h", CPU_DIR /
 #: cpu_rasterizer.h are 32 bytes, which the baseline ABI passes differently (inline code only; no effect).
 CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi")
 OPENMP_FLAG = "-fopenmp"
+#: The instruction sets the extension is built for, best first, with the CPU flags (/proc/cpuinfo) each needs
+#: and the compiler flags it adds.  The build is for the best one the CPU has (it runs where it is built; the
+#: build folder's key has the flags); GSR_CPU_ISA=avx2|baseline picks a lower one.  No FMA flags: with
+#: -ffp-contract=off the results are bitwise the same for every one (tests/test_cpu_backend.py).
+ISAS = (
+    ("avx512", ("avx2", "avx512f", "avx512vl", "avx512dq", "avx512bw"),
+     ("-mavx2", "-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw")),   # 16-lane tile loops
+    ("avx2", ("avx2",), ("-mavx2",)),
+    ("baseline", (), ()),
+)
 #: Lines of the compiler's output quoted when the build fails.
 ERROR_LINES = 12
 
@@ -66,6 +82,46 @@ def _openmp_works(cxx: str) -> bool:
         return proc.returncode == 0
 
 
+def _cpu_flags() -> set:
+    """The CPU's feature flags (Linux x86-64), else an empty set (the baseline build)."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compiles(cxx: str, flags) -> bool:
+    """Whether ``cxx`` compiles a trivial program with these flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "isa.cpp"
+        src.write_text("int main() { return 0; }\n")
+        try:
+            proc = subprocess.run([cxx, *flags, "-c", str(src), "-o", str(Path(tmp) / "isa.o")],
+                                  capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0
+
+
+def isa_flags(cxx: "str | None" = None) -> tuple:
+    """(name, compiler flags) of the instruction set to build for: the best the CPU has and the compiler
+    takes, or GSR_CPU_ISA's when that is lower (an unknown GSR_CPU_ISA is ignored)."""
+    have = _cpu_flags()
+    names = [name for name, _, _ in ISAS]
+    want = os.environ.get("GSR_CPU_ISA", "").strip().lower()
+    floor = names.index(want) if want in names else 0
+    for name, need, flags in ISAS[floor:]:
+        if set(need) <= have and (not flags or _compiles(cxx or _compiler(), flags)):
+            return name, list(flags)
+    return ISAS[-1][0], []
+
+
 def _first_lines(text: str, n: int = ERROR_LINES) -> str:
     """The compiler's first error lines (torch's message wraps the log; keep the lines that say what failed)."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -93,7 +149,8 @@ def _build(verbose: bool):
     except ImportError as err:  # pragma: no cover - torch is a dependency
         raise CpuBackendUnavailable(f"torch.utils.cpp_extension is unavailable: {err}") from err
     openmp = _openmp_works(cxx)
-    cflags = list(CFLAGS) + ([OPENMP_FLAG] if openmp else [])
+    _, isa = isa_flags(cxx)
+    cflags = list(CFLAGS) + isa + ([OPENMP_FLAG] if openmp else [])
     ldflags = [OPENMP_FLAG] if openmp else []
     key = _key(cflags)
     build_dir = _build_root() / f"cpu-{key}"

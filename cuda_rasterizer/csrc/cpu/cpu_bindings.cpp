@@ -349,6 +349,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("preprocess_backward", &preprocess_backward);
     m.def("openmp", &gsr::cpu::openmp_enabled, "whether the loops were compiled with OpenMP");
     m.def("num_threads", &threads, "the thread count the loops use now (torch.get_num_threads())");
-    m.def("isa", [] { return std::string(gsr::cpu::isa_name(gsr::cpu::tile_isa())); },
-          "the instruction set the tile loops run with: avx512, avx2 or baseline (GSR_CPU_ISA picks a lower one)");
+    m.def("isa", [] { return std::string(gsr::cpu::kIsaName); },
+          "the instruction set the extension was built for: avx512 (16-lane tile loops), avx2 or baseline");
 }

@@ -1,20 +1,23 @@
-// The CPU backend's lane type: 8 pixels of a tile row in one GCC/Clang vector (one AVX register, or two SSE
-// ones), and its LaneOps, so that math.cuh's per-pixel steps
-// (gaussian_power, gaussian_alpha_of_power, pixel_forward_step, render_backward_step) run on 8 pixels at once:
-// the CUDA kernels instantiate the same templates with float.  No intrinsics, so any x86 or ARM target
-// compiles it; -ffp-contract=off keeps every lane's arithmetic the scalar one.  Each lane's results are
-// bitwise those of the float instantiation, except that expf is exp_lanes, a polynomial within 2 ulp of it
-// (tests/test_cpu_lanes.py checks both).
+// The CPU backend's lane types: W pixels of a tile row in one GCC/Clang vector, and their LaneOps, so that
+// math.cuh's per-pixel steps (gaussian_power, gaussian_alpha_of_power, pixel_forward_step,
+// render_backward_step) run on W pixels at once: the CUDA kernels instantiate the same templates with float.
+// The tile loops use kTileLanes: 16 (a whole tile row, one register) where the build targets AVX-512, else 8
+// (one AVX register, or two SSE ones).  Generic vector code, plus a few intrinsics where the build's
+// instruction set has them; -ffp-contract=off keeps every lane's arithmetic the scalar one.  Each lane's
+// results are bitwise those of the float instantiation, except that expf is exp_lanes, a polynomial within 2
+// ulp of it (tests/test_cpu_lanes.py checks both, for both widths).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "../math.cuh"
 
-// The lane code is only fast inlined into the ISA-specific tile loops (cpu_rasterizer.h), which are compiled
-// for AVX2 / AVX-512VL: an out-of-line copy would be baseline code.  (W: the lane count, 8 here; 16-lane
-// vectors were measured slower with GCC 12, on AVX-512 as on AVX2.)
+// The lane code is always inlined into the tile loops (cpu_rasterizer.h).
 #if defined(__GNUC__) || defined(__clang__)
 #define GSR_LANE inline __attribute__((always_inline))
 #else
@@ -33,10 +36,22 @@ using LaneFW = typename LaneTypes<W>::F;
 template <int W>
 using LaneIW = typename LaneTypes<W>::I;
 
-// The lane types the backend uses.
+// The 8-lane types: the width of the backward's lane sums, whatever the tile loops' width.
 constexpr int kLanes = 8;
 using LaneF = LaneFW<kLanes>;
 using LaneI = LaneIW<kLanes>;
+
+// The tile loops' width: the build's instruction set (the loader's flags, csrc/../_cpu_backend.py).
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
+constexpr int kTileLanes = 16;
+constexpr const char* kIsaName = "avx512";
+#elif defined(__AVX2__)
+constexpr int kTileLanes = 8;
+constexpr const char* kIsaName = "avx2";
+#else
+constexpr int kTileLanes = 8;
+constexpr const char* kIsaName = "baseline";
+#endif
 
 // The lane count of a lane vector type.
 template <class V>
@@ -71,16 +86,40 @@ GSR_LANE LaneIW<W> lane_index() {
     return v;
 }
 
-// Whether some lane of a lane-wise condition (-1 / 0) is set: the OR of its two 128-bit halves, then of that
-// one's two 64-bit halves (5 instructions and a branch on AVX2; no portable movemask).
-GSR_LANE bool any_lane(const LaneI& m) {
+// Whether some lane of a lane-wise condition (-1 / 0) is set.
+GSR_LANE bool any_lane(const LaneIW<8>& m) {
+#if defined(__AVX2__)
+    __m256i v;
+    std::memcpy(&v, &m, sizeof v);
+    return !_mm256_testz_si256(v, v);
+#else
+    // the OR of its two 128-bit halves, then of that one's two 64-bit halves
     typedef long long Half __attribute__((vector_size(16)));
-    static_assert(sizeof(LaneI) == 2 * sizeof(Half), "8 lanes of 4 bytes");
     Half lo, hi;
     std::memcpy(&lo, &m, sizeof lo);
     std::memcpy(&hi, reinterpret_cast<const char*>(&m) + sizeof lo, sizeof hi);
     const Half o = lo | hi;
     return (o[0] | o[1]) != 0;
+#endif
+}
+
+GSR_LANE bool any_lane(const LaneIW<16>& m) {
+#if defined(__AVX512F__)
+    __m512i v;
+    std::memcpy(&v, &m, sizeof v);
+    return _mm512_test_epi32_mask(v, v) != 0;
+#else
+    LaneIW<8> lo, hi;
+    std::memcpy(&lo, &m, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&m) + sizeof lo, sizeof hi);
+    return any_lane(lo | hi);
+#endif
+}
+
+// The low and high halves of a 16-lane vector, as 8-lane ones.
+GSR_LANE LaneF low_half(const LaneFW<16>& v) { return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7); }
+GSR_LANE LaneF high_half(const LaneFW<16>& v) {
+    return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
 // expf for each lane of x <= 0, to within 2 ulp of the libm expf that LaneOps<float>::exp calls (Cody-Waite
@@ -134,6 +173,8 @@ struct VectorLaneOps {
 namespace gsr {
 
 template <>
-struct LaneOps<cpu::LaneF> : cpu::VectorLaneOps<cpu::kLanes> {};
+struct LaneOps<cpu::LaneFW<8>> : cpu::VectorLaneOps<8> {};
+template <>
+struct LaneOps<cpu::LaneFW<16>> : cpu::VectorLaneOps<16> {};
 
 }  // namespace gsr

@@ -33,7 +33,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -250,7 +249,14 @@ GSR_LANE void render_forward_tile(const Camera& cam, const RenderParams& p, int6
     }
 }
 
+// The backward's lane sums are 8 lanes wide whatever the tile loops' width: a 16-lane group adds its low half,
+// then its high half, which is the order in which two 8-lane groups of the row would have added them.  So the
+// gradients are bitwise the same for both widths (and every instruction set), as the forward's are.
 GSR_LANE void add_to_sums(float* sum, const LaneF& v) { store_lanes(sum, load_lanes<LaneF>(sum) + v); }
+GSR_LANE void add_to_sums(float* sum, const LaneFW<16>& v) {
+    add_to_sums(sum, low_half(v));
+    add_to_sums(sum, high_half(v));
+}
 
 // One tile of the backward render, W pixels at a time: its rows of partial (see render_backward).  sums is
 // the thread's scratch: per list position and gradient value, 8 lane-wise sums over the tile's pixels (pixel
@@ -261,7 +267,7 @@ GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int
                                    std::vector<float>& staged, std::vector<float>& sums) {
     using F = LaneFW<W>;
     using I = LaneIW<W>;
-    static_assert(W == kLanes, "the sums are kLanes wide");
+    static_assert(W % kLanes == 0, "whole 8-lane sums");
     const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
     const int start = p.ranges[2 * t], end = p.ranges[2 * t + 1];
     float* rows = partial + static_cast<int64_t>(start) * kGradValues;
@@ -316,98 +322,11 @@ GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int
         }
 }
 
-// The tile loops per instruction set, 8 lanes each: AVX-512 (F, VL, DQ, BW: the same 8-lane vectors with 32
-// registers and mask registers; about 9% faster than AVX2 on the development VM), AVX2, and the build's
-// baseline (two SSE registers per vector; also non-x86 targets), picked once per process from what the CPU
-// has, or from GSR_CPU_ISA=avx2|baseline (the tests compare them: the results are bitwise the same).  Without
-// FMA contraction (-ffp-contract=off) the arithmetic does not depend on the instruction set.
-enum class Isa { baseline, avx2, avx512 };
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GSR_X86_DISPATCH 1
-#define GSR_AVX512 inline __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
-#define GSR_AVX2 inline __attribute__((target("avx2")))
-GSR_AVX512 void render_forward_tile_avx512(const Camera& cam, const RenderParams& p, int64_t t,
-                                                                  std::vector<float>& staged) {
-    render_forward_tile<8>(cam, p, t, staged);
-}
-GSR_AVX2 void render_forward_tile_avx2(const Camera& cam, const RenderParams& p, int64_t t,
-                                                              std::vector<float>& staged) {
-    render_forward_tile<8>(cam, p, t, staged);
-}
-GSR_AVX512 void render_backward_tile_avx512(const Camera& cam, const RenderParams& p,
-                                                                   int64_t t, float* partial,
-                                                                   std::vector<float>& staged,
-                                                                   std::vector<float>& sums) {
-    render_backward_tile<8>(cam, p, t, partial, staged, sums);
-}
-GSR_AVX2 void render_backward_tile_avx2(const Camera& cam, const RenderParams& p, int64_t t,
-                                                               float* partial, std::vector<float>& staged,
-                                                               std::vector<float>& sums) {
-    render_backward_tile<8>(cam, p, t, partial, staged, sums);
-}
-#endif
-inline void render_forward_tile_baseline(const Camera& cam, const RenderParams& p, int64_t t,
-                                         std::vector<float>& staged) {
-    render_forward_tile<8>(cam, p, t, staged);
-}
-inline void render_backward_tile_baseline(const Camera& cam, const RenderParams& p, int64_t t, float* partial,
-                                          std::vector<float>& staged, std::vector<float>& sums) {
-    render_backward_tile<8>(cam, p, t, partial, staged, sums);
-}
-
-// What the CPU runs (GSR_CPU_ISA, when set to one the CPU has, picks a lower one).
-inline Isa supported_isa() {
-#ifdef GSR_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-        return Isa::avx512;
-    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-#endif
-    return Isa::baseline;
-}
-
-inline Isa tile_isa() {
-    static const Isa isa = [] {
-        const Isa best = supported_isa();
-        const char* env = std::getenv("GSR_CPU_ISA");
-        Isa want = best;
-        if (env && std::strcmp(env, "baseline") == 0) want = Isa::baseline;
-        if (env && std::strcmp(env, "avx2") == 0) want = Isa::avx2;
-        return static_cast<int>(want) < static_cast<int>(best) ? want : best;
-    }();
-    return isa;
-}
-
-inline const char* isa_name(Isa isa) {
-    return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "baseline";
-}
-
-inline void render_forward_tile_any(const Camera& cam, const RenderParams& p, int64_t t, std::vector<float>& staged) {
-#ifdef GSR_X86_DISPATCH
-    const Isa isa = tile_isa();
-    if (isa == Isa::avx512) return render_forward_tile_avx512(cam, p, t, staged);
-    if (isa == Isa::avx2) return render_forward_tile_avx2(cam, p, t, staged);
-#endif
-    render_forward_tile_baseline(cam, p, t, staged);
-}
-
-inline void render_backward_tile_any(const Camera& cam, const RenderParams& p, int64_t t, float* partial,
-                                     std::vector<float>& staged, std::vector<float>& sums) {
-#ifdef GSR_X86_DISPATCH
-    const Isa isa = tile_isa();
-    if (isa == Isa::avx512) return render_backward_tile_avx512(cam, p, t, partial, staged, sums);
-    if (isa == Isa::avx2) return render_backward_tile_avx2(cam, p, t, partial, staged, sums);
-#endif
-    render_backward_tile_baseline(cam, p, t, partial, staged, sums);
-}
-
 // image, final_T, n_contrib and (when not null) depth of p are written for every pixel.
 inline void render_forward(const Camera& cam, const RenderParams& p, int threads) {
     parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
         thread_local std::vector<float> staged;
-        render_forward_tile_any(cam, p, t, staged);
+        render_forward_tile<kTileLanes>(cam, p, t, staged);
     });
 }
 
@@ -419,7 +338,7 @@ inline void render_backward(const Camera& cam, const RenderParams& p, const Binn
     parallel_for(static_cast<int64_t>(cam.grid_x) * cam.grid_y, threads, 1, [&](int64_t t) {
         thread_local std::vector<float> staged;
         thread_local std::vector<float> sums;
-        render_backward_tile_any(cam, p, t, partial, staged, sums);
+        render_backward_tile<kTileLanes>(cam, p, t, partial, staged, sums);
     });
     // one flush per (tile, Gaussian), in tile order
     parallel_for(b.n, threads, 1024, [&](int64_t i) {
