@@ -6,6 +6,11 @@ The extension is built on first use with the system's C++ compiler; CI has g++, 
 
 from __future__ import annotations
 
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,6 +27,11 @@ VALUE_RTOL = 1e-5
 GRAD_RTOL = 1e-5
 #: Identical images: SSIM is 1 and dSSIM/dimage vanishes analytically; float32 leaves rounding residue only.
 IDENTICAL_GRAD_ATOL = 1e-6
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "cuda_rasterizer" / "csrc"
+#: The extension's flags (cuda_rasterizer/_cpu_backend.py CFLAGS).
+CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
 
 SHAPES = [(1, 1, 1), (3, 1, 1), (1, 5, 7), (3, 5, 7), (3, 12, 11), (1, 12, 11), (3, 9, 13), (1, 31, 17),
           (3, 40, 57), (3, 149, 199)]
@@ -223,3 +233,30 @@ def test_backward_checks_its_maps(ext):
         ext.ssim_backward(a, b, maps[:2], torch.tensor(1.0))
     with pytest.raises(ValueError, match="grad_ssim must be a scalar"):
         ext.ssim_backward(a, b, maps, torch.ones(2))
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        return platform.machine() in ("x86_64", "AMD64") and " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _checksum(tmp_path: Path, extra: list) -> str:
+    exe = tmp_path / ("ssim_check" + "".join(extra).replace("-", "_").replace("=", "_"))
+    src = ROOT / "tests" / "cpp" / "cpu_ssim_check.cpp"
+    build = subprocess.run([shutil.which("c++") or "c++", *CXX_FLAGS, *extra, f"-I{CSRC}", f"-I{CSRC / 'cpu'}",
+                            str(src), "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler (c++) on PATH")
+def test_baseline_and_avx2_builds_agree_bitwise(tmp_path):
+    """The row loops are AVX2 and baseline clones in the extension: without FMA contraction, the same bits."""
+    base = _checksum(tmp_path, ["-DGSR_SSIM_CLONES=inline"])
+    assert len(base) == 16
+    if _cpu_has_avx2():
+        assert _checksum(tmp_path, ["-DGSR_SSIM_CLONES=inline", "-mavx2"]) == base

@@ -29,7 +29,9 @@
 
 #include "cpu_rasterizer.h"  // parallel_for, FlushDenormals
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(GSR_SSIM_CLONES)
+// defined by the build (e.g. as inline, to compare one instruction set's results with another's)
+#elif defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define GSR_SSIM_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define GSR_SSIM_CLONES inline
