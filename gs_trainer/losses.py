@@ -1,4 +1,8 @@
-"""The 3DGS training loss: (1 - lambda) L1 + lambda (1 - SSIM), SSIM over an 11x11 Gaussian window."""
+"""The 3DGS training loss: (1 - lambda) L1 + lambda (1 - SSIM), SSIM over an 11x11 Gaussian window.
+
+ssim_map is the torch SSIM (any device, dtype, batch; the metrics' SSIM and the oracle).  ssim, and so the loss,
+takes the CPU extension's fused C++ SSIM (csrc/cpu/cpu_ssim.h) for float32 CPU images, where it builds.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ class _CpuSsim(torch.autograd.Function):
         return mean
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         image, gt, maps = ctx.saved_tensors
         return None, ctx.ext.ssim_backward(image, gt, maps, grad), None
