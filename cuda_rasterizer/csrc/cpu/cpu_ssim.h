@@ -3,14 +3,14 @@
 // the Python side gs_trainer/losses.py (whose ssim_map is the reference: same window, same zero padding, same
 // constants, same order of the separable passes).
 //
-// Forward:
-//   horizontal pass   parallel over the C*H rows: the row of x, y, x^2, y^2, xy padded by 5 zeros each side,
+// Forward, one channel at a time (its five planes of (H + 10) x W stay in cache):
+//   horizontal pass   parallel over the channel's rows: the row of x, y, x^2, y^2, xy padded by 5 zeros each side,
 //                     each blurred with the 11 taps into its plane (planes keep 5 zero rows above and below)
 //   vertical pass     parallel over the rows: the 11 taps down the five planes give mu_x, mu_y, E[x^2], E[y^2],
 //                     E[xy] of a row; then per pixel SSIM, its row sum (float64, 8 partial sums), and, when a
 //                     backward follows, the three partial derivatives dS/dmu_x, dS/dE[x^2], dS/dE[xy]
 //   mean              the row sums in row order (float64), / (C H W)
-// Backward (upstream gradient g): the three derivative maps blurred with the window's adjoint (the window is
+// Backward (upstream gradient g), one channel at a time: the three derivative maps blurred with the window's adjoint (the window is
 // symmetric and zero padded, so the adjoint is the same blur), then per pixel
 //   dL/dx = g / (C H W) * (B[dS/dmu_x] + 2 x B[dS/dE[x^2]] + y B[dS/dE[xy]]).
 //
@@ -215,32 +215,34 @@ GSR_SSIM_CLONES void backward_vrow(const float* const p[kGradMaps], const float*
 }
 
 // Mean SSIM of x and y ([C, H, W] each).  grad: null, or [3, C, H, W] for the per-pixel derivative maps that
-// backward() takes.
+// backward() takes.  One channel at a time (its planes stay in cache), parallel over its rows.
 inline double forward(const float* x, const float* y, int64_t C, int64_t H, int64_t W, float* grad, int threads) {
     const Window w = window();
-    const int64_t rows = C * H, hw = H * W;
-    Planes planes(kForwardMaps * C, H, W);
-    parallel_for(rows, threads, 8, [&](int64_t r) {
-        thread_local std::vector<float> pad;
-        pad.resize(static_cast<size_t>(kForwardMaps * (W + 2 * kHalf)));
-        const int64_t c = r / H, i = r % H;
-        float* out[kForwardMaps];
-        for (int m = 0; m < kForwardMaps; ++m) out[m] = planes.row(m * C + c, i);
-        forward_hrow(x + r * W, y + r * W, W, w, pad.data(), out);
-    });
-    std::vector<double> row_sums(static_cast<size_t>(rows));
-    parallel_for(rows, threads, 8, [&](int64_t r) {
-        thread_local std::vector<float> scratch;
-        scratch.resize(static_cast<size_t>(6 * W));
-        const int64_t c = r / H, i = r % H;
-        const float* p[kForwardMaps];
-        for (int m = 0; m < kForwardMaps; ++m) p[m] = planes.row(m * C + c, i - kHalf);
-        float* g[kGradMaps];
-        for (int m = 0; m < kGradMaps; ++m) g[m] = grad ? grad + m * C * hw + r * W : nullptr;
-        row_sums[r] = forward_vrow(p, W, w, scratch.data(), grad ? g : nullptr);
-    });
+    const int64_t hw = H * W;
+    Planes planes(kForwardMaps, H, W);
+    std::vector<double> row_sums(static_cast<size_t>(C * H));
+    for (int64_t c = 0; c < C; ++c) {
+        const float* xc = x + c * hw;
+        const float* yc = y + c * hw;
+        parallel_for(H, threads, 8, [&](int64_t i) {
+            thread_local std::vector<float> pad;
+            pad.resize(static_cast<size_t>(kForwardMaps * (W + 2 * kHalf)));
+            float* out[kForwardMaps];
+            for (int m = 0; m < kForwardMaps; ++m) out[m] = planes.row(m, i);
+            forward_hrow(xc + i * W, yc + i * W, W, w, pad.data(), out);
+        });
+        parallel_for(H, threads, 8, [&](int64_t i) {
+            thread_local std::vector<float> scratch;
+            scratch.resize(static_cast<size_t>(6 * W));
+            const float* p[kForwardMaps];
+            for (int m = 0; m < kForwardMaps; ++m) p[m] = planes.row(m, i - kHalf);
+            float* g[kGradMaps];
+            for (int m = 0; m < kGradMaps; ++m) g[m] = grad ? grad + (m * C + c) * hw + i * W : nullptr;
+            row_sums[c * H + i] = forward_vrow(p, W, w, scratch.data(), grad ? g : nullptr);
+        });
+    }
     double total = 0.0;
-    for (int64_t r = 0; r < rows; ++r) total += row_sums[r];
+    for (const double r : row_sums) total += r;
     return total / static_cast<double>(C * H * W);
 }
 
@@ -248,29 +250,30 @@ inline double forward(const float* x, const float* y, int64_t C, int64_t H, int6
 inline void backward(const float* x, const float* y, const float* grad, int64_t C, int64_t H, int64_t W, double g,
                      float* dx, int threads) {
     const Window w = window();
-    const int64_t rows = C * H, hw = H * W;
+    const int64_t hw = H * W;
     const float scale = static_cast<float>(g / static_cast<double>(C * H * W));
-    Planes planes(kGradMaps * C, H, W);
-    parallel_for(rows, threads, 8, [&](int64_t r) {
-        thread_local std::vector<float> pad;
-        pad.resize(static_cast<size_t>(kGradMaps * (W + 2 * kHalf)));
-        const int64_t c = r / H, i = r % H;
-        const float* d[kGradMaps];
-        float* out[kGradMaps];
-        for (int m = 0; m < kGradMaps; ++m) {
-            d[m] = grad + m * C * hw + r * W;
-            out[m] = planes.row(m * C + c, i);
-        }
-        backward_hrow(d, W, w, pad.data(), out);
-    });
-    parallel_for(rows, threads, 8, [&](int64_t r) {
-        thread_local std::vector<float> scratch;
-        scratch.resize(static_cast<size_t>(3 * W));
-        const int64_t c = r / H, i = r % H;
-        const float* p[kGradMaps];
-        for (int m = 0; m < kGradMaps; ++m) p[m] = planes.row(m * C + c, i - kHalf);
-        backward_vrow(p, x + r * W, y + r * W, W, w, scale, scratch.data(), dx + r * W);
-    });
+    Planes planes(kGradMaps, H, W);
+    for (int64_t c = 0; c < C; ++c) {
+        parallel_for(H, threads, 8, [&](int64_t i) {
+            thread_local std::vector<float> pad;
+            pad.resize(static_cast<size_t>(kGradMaps * (W + 2 * kHalf)));
+            const float* d[kGradMaps];
+            float* out[kGradMaps];
+            for (int m = 0; m < kGradMaps; ++m) {
+                d[m] = grad + (m * C + c) * hw + i * W;
+                out[m] = planes.row(m, i);
+            }
+            backward_hrow(d, W, w, pad.data(), out);
+        });
+        parallel_for(H, threads, 8, [&](int64_t i) {
+            thread_local std::vector<float> scratch;
+            scratch.resize(static_cast<size_t>(3 * W));
+            const float* p[kGradMaps];
+            for (int m = 0; m < kGradMaps; ++m) p[m] = planes.row(m, i - kHalf);
+            const int64_t r = c * H + i;
+            backward_vrow(p, x + r * W, y + r * W, W, w, scale, scratch.data(), dx + r * W);
+        });
+    }
 }
 
 }  // namespace gsr::cpu::ssim
