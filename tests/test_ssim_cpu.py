@@ -110,8 +110,10 @@ def test_identical_images_give_one(ext):
     assert float(g.abs().max()) <= IDENTICAL_GRAD_ATOL
 
 
-def test_bitwise_the_same_for_any_thread_count(ext):
-    a, b = _pair((3, 149, 199), seed=5)
+@pytest.mark.parametrize("shape", [(3, 149, 199), (1, 97, 13), (3, 33, 8)])
+def test_bitwise_the_same_for_any_thread_count(ext, shape):
+    """One thread walks each channel in one band; more threads split it into bands of >= 32 rows."""
+    a, b = _pair(shape, seed=5)
     before = torch.get_num_threads()
     try:
         results = []

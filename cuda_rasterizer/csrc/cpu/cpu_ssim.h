@@ -3,19 +3,21 @@
 // the Python side gs_trainer/losses.py (whose ssim_map is the reference: same window, same zero padding, same
 // constants, same order of the separable passes).
 //
-// Forward, one channel at a time (its five planes of (H + 10) x W stay in cache):
-//   horizontal pass   parallel over the channel's rows: the row of x, y, x^2, y^2, xy padded by 5 zeros each side,
-//                     each blurred with the 11 taps into its plane (planes keep 5 zero rows above and below)
-//   vertical pass     parallel over the rows: the 11 taps down the five planes give mu_x, mu_y, E[x^2], E[y^2],
-//                     E[xy] of a row; then per pixel SSIM, its row sum (float64, 8 partial sums), and, when a
-//                     backward follows, the three partial derivatives dS/dmu_x, dS/dE[x^2], dS/dE[xy]
+// Forward, in bands of rows of one channel (parallel over the bands), each walked top to bottom:
+//   horizontal pass   a row of x, y, x^2, y^2, xy padded by 5 zeros each side, each blurred with the 11 taps into
+//                     a ring of the last 11 such rows (per map; a zero row stands for rows outside the image)
+//   vertical pass     the 11 taps down the ring give mu_x, mu_y, E[x^2], E[y^2], E[xy] of the row 5 above; then
+//                     per pixel SSIM, its row sum (float64, 8 partial sums), and, when a backward follows, the three
+//                     partial derivatives dS/dmu_x, dS/dE[x^2], dS/dE[xy]
 //   mean              the row sums in row order (float64), / (C H W)
-// Backward (upstream gradient g), one channel at a time: the three derivative maps blurred with the window's adjoint (the window is
-// symmetric and zero padded, so the adjoint is the same blur), then per pixel
+// The working set is the ring (5 x 11 rows), whatever the image size.
+// Backward (upstream gradient g), in the same bands: the three derivative maps blurred with the window's adjoint
+// (the window is symmetric and zero padded, so the adjoint is the same blur), then per pixel
 //   dL/dx = g / (C H W) * (B[dS/dmu_x] + 2 x B[dS/dE[x^2]] + y B[dS/dE[xy]]).
 //
 // Determinism: every per-pixel sum has a fixed order (the taps in order), every row's work is the same whichever
-// thread runs it, and the mean sums the rows in order: the results are bitwise the same for any thread count.
+// band and thread compute it, and the mean sums the rows in order: the results are bitwise the same for any
+// thread count.
 // The row loops are compiled for AVX2 and for the baseline (see GSR_SSIM_CLONES): without FMA contraction
 // (-ffp-contract=off) the two give bitwise the same results.
 #pragma once
@@ -24,7 +26,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "cpu_rasterizer.h"  // parallel_for, FlushDenormals
@@ -73,32 +74,72 @@ inline void blur_row(const float* __restrict in, float* __restrict out, int64_t 
     }
 }
 
-// out[j] = g[0] p[j] + g[1] p[W + j] + ... + g[10] p[10 W + j]: one output row of the vertical pass, p the
-// first of its 11 input rows (the plane's zero rows included).
-inline void blur_col(const float* __restrict p, int64_t W, float* __restrict out, const Window& w) {
+// out[j] = g[0] r[0][j] + g[1] r[1][j] + ... + g[10] r[10][j]: one output row of the vertical pass from its 11
+// input rows (a zero row where the window leaves the image).
+inline void blur_col(const float* const r[kTaps], int64_t W, float* __restrict out, const Window& w) {
+    const float* __restrict r0 = r[0];
+    const float* __restrict r1 = r[1];
+    const float* __restrict r2 = r[2];
+    const float* __restrict r3 = r[3];
+    const float* __restrict r4 = r[4];
+    const float* __restrict r5 = r[5];
+    const float* __restrict r6 = r[6];
+    const float* __restrict r7 = r[7];
+    const float* __restrict r8 = r[8];
+    const float* __restrict r9 = r[9];
+    const float* __restrict r10 = r[10];
+    const float* g = w.g;
     for (int64_t j = 0; j < W; ++j) {
-        float s = w.g[0] * p[j];
-        for (int k = 1; k < kTaps; ++k) s += w.g[k] * p[k * W + j];
+        float s = g[0] * r0[j];
+        s += g[1] * r1[j];
+        s += g[2] * r2[j];
+        s += g[3] * r3[j];
+        s += g[4] * r4[j];
+        s += g[5] * r5[j];
+        s += g[6] * r6[j];
+        s += g[7] * r7[j];
+        s += g[8] * r8[j];
+        s += g[9] * r9[j];
+        s += g[10] * r10[j];
         out[j] = s;
     }
 }
 
-// Planes of H + 2 kHalf rows of W: row i of the image is plane row i + kHalf; the kHalf rows above and below
-// are zero (the vertical zero padding).  The image rows are left uninitialised: the horizontal pass writes them.
-struct Planes {
-    int64_t H, W;
-    std::unique_ptr<float[]> data;
-    Planes(int64_t planes, int64_t H_, int64_t W_)
-        : H(H_), W(W_), data(new float[static_cast<size_t>(planes * (H_ + 2 * kHalf) * W_)]) {
-        for (int64_t m = 0; m < planes; ++m) {
-            std::fill(plane(m), plane(m) + kHalf * W, 0.f);
-            std::fill(plane(m) + (H + kHalf) * W, plane(m) + stride(), 0.f);
+// A band of output rows [i0, i1) of one channel's vertical pass, walked top to bottom over a ring of the 11
+// horizontal rows each output row needs: hrow(r, out[M]) writes horizontal row r of the M maps, vrow(i, p[M])
+// takes output row i's 11 input rows per map.  Each horizontal row is computed once per band (the band's first
+// kTaps - 1 are also its upper neighbour's); every row's values are the same whichever band computes them.
+// ring: M kTaps W floats; zero: W zeros.
+template <int M, class HRow, class VRow>
+inline void walk_band(int64_t H, int64_t W, int64_t i0, int64_t i1, float* ring, const float* zero, const HRow& hrow,
+                      const VRow& vrow) {
+    auto slot = [&](int m, int64_t r) { return ring + (m * kTaps + r % kTaps) * W; };  // r >= 0
+    auto horizontal = [&](int64_t r) {
+        float* out[M];
+        for (int m = 0; m < M; ++m) out[m] = slot(m, r);
+        hrow(r, out);
+    };
+    for (int64_t r = std::max<int64_t>(0, i0 - kHalf); r < std::min(H, i0 + kHalf); ++r) horizontal(r);
+    for (int64_t i = i0; i < i1; ++i) {
+        if (i + kHalf < H) horizontal(i + kHalf);
+        const float* p[M][kTaps];
+        for (int k = 0; k < kTaps; ++k) {
+            const int64_t r = i - kHalf + k;
+            for (int m = 0; m < M; ++m) p[m][k] = (r < 0 || r >= H) ? zero : slot(m, r);
         }
+        vrow(i, p);
     }
-    int64_t stride() const { return (H + 2 * kHalf) * W; }
-    float* plane(int64_t m) { return data.get() + m * stride(); }
-    float* row(int64_t m, int64_t i) { return plane(m) + (i + kHalf) * W; }
-};
+}
+
+// Rows per band: the whole channel on one thread; else ~8 bands per thread, handed out as threads free up (a
+// thread that the OS preempts then holds up little), and at least 32 rows (each band recomputes kTaps - 1
+// horizontal rows).  Any choice gives the same results.
+inline int64_t band_rows(int64_t C, int64_t H, int threads) {
+    if (threads <= 1) return H;
+    const int64_t want_bands = 8 * threads;
+    const int64_t per_channel = (want_bands + C - 1) / C;
+    return std::max<int64_t>(32, (H + per_channel - 1) / per_channel);
+}
 
 // The padded rows of x, y, x^2, y^2 and xy of one image row (their first and last kHalf values stay as they are).
 inline void products_row(const float* __restrict xr, const float* __restrict yr, int64_t W, float* __restrict px,
@@ -114,7 +155,7 @@ inline void products_row(const float* __restrict xr, const float* __restrict yr,
     }
 }
 
-// The horizontal pass of one image row (xr, yr: W values) into its rows of the five planes; pad: scratch of
+// The horizontal pass of one image row (xr, yr: W values) into its rows of the five maps (out); pad: scratch of
 // 5 (W + 2 kHalf) floats.
 GSR_SSIM_CLONES void forward_hrow(const float* xr, const float* yr, int64_t W, const Window& w, float* pad,
                                   float* const out[kForwardMaps]) {
@@ -172,11 +213,11 @@ inline double row_sum(const float* __restrict v, int64_t W) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-// The vertical pass of one row (p[m]: the first of the 11 input rows of plane m), then per pixel SSIM and, when
+// The vertical pass of one row (p[m]: the 11 input rows of map m), then per pixel SSIM and, when
 // grad is not null, its three partial derivatives (grad[0..2]: W values each).  Returns the row's SSIM sum.
 // rows: scratch of 6 W floats.
-GSR_SSIM_CLONES double forward_vrow(const float* const p[kForwardMaps], int64_t W, const Window& w, float* rows,
-                                    float* const grad[kGradMaps]) {
+GSR_SSIM_CLONES double forward_vrow(const float* const p[kForwardMaps][kTaps], int64_t W, const Window& w,
+                                    float* rows, float* const grad[kGradMaps]) {
     for (int m = 0; m < kForwardMaps; ++m) blur_col(p[m], W, rows + m * W, w);
     float* S = rows + 5 * W;
     if (grad)
@@ -208,39 +249,39 @@ inline void combine_row(const float* __restrict bmu, const float* __restrict b11
 
 // The vertical pass of the backward for one row and dL/dx of its pixels (xr, yr, dx: W values).
 // rows: scratch of 3 W floats.
-GSR_SSIM_CLONES void backward_vrow(const float* const p[kGradMaps], const float* xr, const float* yr, int64_t W,
-                                   const Window& w, float scale, float* rows, float* dx) {
+GSR_SSIM_CLONES void backward_vrow(const float* const p[kGradMaps][kTaps], const float* xr, const float* yr,
+                                   int64_t W, const Window& w, float scale, float* rows, float* dx) {
     for (int m = 0; m < kGradMaps; ++m) blur_col(p[m], W, rows + m * W, w);
     combine_row(rows, rows + W, rows + 2 * W, xr, yr, W, scale, dx);
 }
 
 // Mean SSIM of x and y ([C, H, W] each).  grad: null, or [3, C, H, W] for the per-pixel derivative maps that
-// backward() takes.  One channel at a time (its planes stay in cache), parallel over its rows.
+// backward() takes.  Parallel over bands of rows (channel-major).
 inline double forward(const float* x, const float* y, int64_t C, int64_t H, int64_t W, float* grad, int threads) {
     const Window w = window();
-    const int64_t hw = H * W;
-    Planes planes(kForwardMaps, H, W);
+    const int64_t hw = H * W, B = band_rows(C, H, threads), bands = (H + B - 1) / B;
     std::vector<double> row_sums(static_cast<size_t>(C * H));
-    for (int64_t c = 0; c < C; ++c) {
+    parallel_for(C * bands, threads, 1, [&](int64_t t) {
+        thread_local std::vector<float> scratch;
+        scratch.resize(static_cast<size_t>((kForwardMaps * kTaps + 1 + 6 + kForwardMaps) * W +
+                                           kForwardMaps * 2 * kHalf));
+        float* ring = scratch.data();
+        float* zero = ring + kForwardMaps * kTaps * W;
+        float* rows = zero + W;
+        float* pad = rows + 6 * W;
+        std::fill(zero, zero + W, 0.f);
+        const int64_t c = t / bands, i0 = (t % bands) * B, i1 = std::min(H, i0 + B);
         const float* xc = x + c * hw;
         const float* yc = y + c * hw;
-        parallel_for(H, threads, 8, [&](int64_t i) {
-            thread_local std::vector<float> pad;
-            pad.resize(static_cast<size_t>(kForwardMaps * (W + 2 * kHalf)));
-            float* out[kForwardMaps];
-            for (int m = 0; m < kForwardMaps; ++m) out[m] = planes.row(m, i);
-            forward_hrow(xc + i * W, yc + i * W, W, w, pad.data(), out);
-        });
-        parallel_for(H, threads, 8, [&](int64_t i) {
-            thread_local std::vector<float> scratch;
-            scratch.resize(static_cast<size_t>(6 * W));
-            const float* p[kForwardMaps];
-            for (int m = 0; m < kForwardMaps; ++m) p[m] = planes.row(m, i - kHalf);
-            float* g[kGradMaps];
-            for (int m = 0; m < kGradMaps; ++m) g[m] = grad ? grad + (m * C + c) * hw + i * W : nullptr;
-            row_sums[c * H + i] = forward_vrow(p, W, w, scratch.data(), grad ? g : nullptr);
-        });
-    }
+        walk_band<kForwardMaps>(
+            H, W, i0, i1, ring, zero,
+            [&](int64_t r, float* const out[kForwardMaps]) { forward_hrow(xc + r * W, yc + r * W, W, w, pad, out); },
+            [&](int64_t i, const float* const p[kForwardMaps][kTaps]) {
+                float* g[kGradMaps];
+                for (int m = 0; m < kGradMaps; ++m) g[m] = grad ? grad + (m * C + c) * hw + i * W : nullptr;
+                row_sums[c * H + i] = forward_vrow(p, W, w, rows, grad ? g : nullptr);
+            });
+    });
     double total = 0.0;
     for (const double r : row_sums) total += r;
     return total / static_cast<double>(C * H * W);
@@ -250,30 +291,29 @@ inline double forward(const float* x, const float* y, int64_t C, int64_t H, int6
 inline void backward(const float* x, const float* y, const float* grad, int64_t C, int64_t H, int64_t W, double g,
                      float* dx, int threads) {
     const Window w = window();
-    const int64_t hw = H * W;
+    const int64_t hw = H * W, B = band_rows(C, H, threads), bands = (H + B - 1) / B;
     const float scale = static_cast<float>(g / static_cast<double>(C * H * W));
-    Planes planes(kGradMaps, H, W);
-    for (int64_t c = 0; c < C; ++c) {
-        parallel_for(H, threads, 8, [&](int64_t i) {
-            thread_local std::vector<float> pad;
-            pad.resize(static_cast<size_t>(kGradMaps * (W + 2 * kHalf)));
-            const float* d[kGradMaps];
-            float* out[kGradMaps];
-            for (int m = 0; m < kGradMaps; ++m) {
-                d[m] = grad + (m * C + c) * hw + i * W;
-                out[m] = planes.row(m, i);
-            }
-            backward_hrow(d, W, w, pad.data(), out);
-        });
-        parallel_for(H, threads, 8, [&](int64_t i) {
-            thread_local std::vector<float> scratch;
-            scratch.resize(static_cast<size_t>(3 * W));
-            const float* p[kGradMaps];
-            for (int m = 0; m < kGradMaps; ++m) p[m] = planes.row(m, i - kHalf);
-            const int64_t r = c * H + i;
-            backward_vrow(p, x + r * W, y + r * W, W, w, scale, scratch.data(), dx + r * W);
-        });
-    }
+    parallel_for(C * bands, threads, 1, [&](int64_t t) {
+        thread_local std::vector<float> scratch;
+        scratch.resize(static_cast<size_t>((kGradMaps * kTaps + 1 + 3 + kGradMaps) * W + kGradMaps * 2 * kHalf));
+        float* ring = scratch.data();
+        float* zero = ring + kGradMaps * kTaps * W;
+        float* rows = zero + W;
+        float* pad = rows + 3 * W;
+        std::fill(zero, zero + W, 0.f);
+        const int64_t c = t / bands, i0 = (t % bands) * B, i1 = std::min(H, i0 + B);
+        walk_band<kGradMaps>(
+            H, W, i0, i1, ring, zero,
+            [&](int64_t r, float* const out[kGradMaps]) {
+                const float* d[kGradMaps];
+                for (int m = 0; m < kGradMaps; ++m) d[m] = grad + (m * C + c) * hw + r * W;
+                backward_hrow(d, W, w, pad, out);
+            },
+            [&](int64_t i, const float* const p[kGradMaps][kTaps]) {
+                const int64_t r = c * H + i;
+                backward_vrow(p, x + r * W, y + r * W, W, w, scale, rows, dx + r * W);
+            });
+    });
 }
 
 }  // namespace gsr::cpu::ssim
