@@ -37,7 +37,7 @@ CPU_DIR = CSRC / "cpu"
 SOURCES = (CPU_DIR / "cpu_bindings.cpp",)
 #: Every file the build reads: a change to any of them is a new build.
 DEPENDS = (CPU_DIR / "cpu_bindings.cpp", CPU_DIR / "cpu_rasterizer.h", CPU_DIR / "cpu_lanes.h", CSRC / "math.cuh",
-           CSRC / "rasterizer.h")
+           CSRC / "rasterizer.h", CPU_DIR / "cpu_ssim.h")
 #: -ffp-contract=off: no fused multiply-adds, so that results do not depend on the CPU the build targets;
 #: -fno-math-errno: expf and sqrtf need not set errno (no value changes); -Wno-psabi: the lane vectors of
 #: cpu_rasterizer.h are 32 bytes, which the baseline ABI passes differently (inline code only; no effect).

@@ -1,4 +1,8 @@
-"""The 3DGS training loss: (1 - lambda) L1 + lambda (1 - SSIM), SSIM over an 11x11 Gaussian window."""
+"""The 3DGS training loss: (1 - lambda) L1 + lambda (1 - SSIM), SSIM over an 11x11 Gaussian window.
+
+ssim_map is the torch SSIM (any device, dtype, batch; the metrics' SSIM and the oracle).  ssim, and so the loss,
+takes the CPU extension's fused C++ SSIM (csrc/cpu/cpu_ssim.h) for float32 CPU images, where it builds.
+"""
 
 from __future__ import annotations
 
@@ -57,8 +61,56 @@ def ssim_map(image: torch.Tensor, gt: torch.Tensor, window_size: int = SSIM_WIND
     return ((2 * mu12 + SSIM_C1) * (2 * sigma12 + SSIM_C2)) / ((mu1_sq + mu2_sq + SSIM_C1) * (sigma1 + sigma2 + SSIM_C2))
 
 
-def ssim(image: torch.Tensor, gt: torch.Tensor, window_size: int = SSIM_WINDOW) -> torch.Tensor:
-    """Mean SSIM (a scalar tensor, differentiable)."""
+class _CpuSsim(torch.autograd.Function):
+    """Mean SSIM of [C, H, W] float32 CPU images by the CPU extension (cpu_ssim.h): forward and dL/dimage."""
+
+    @staticmethod
+    def forward(ctx, ext, image, gt):
+        need_grad = ctx.needs_input_grad[1]
+        mean, maps = ext.ssim_forward(image, gt, need_grad)
+        ctx.ext = ext
+        if need_grad:
+            ctx.save_for_backward(image, gt, maps)
+        return mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        image, gt, maps = ctx.saved_tensors
+        return None, ctx.ext.ssim_backward(image, gt, maps, grad), None
+
+
+def _cpu_ssim_extension(image: torch.Tensor, gt: torch.Tensor, window_size: int):
+    """The CPU extension when the fused SSIM applies (float32 CPU [C, H, W] images, the default window, no gradient
+    wanted for gt, the extension loads), else None.  A build failure is not logged here: the rasterizer's own
+    backend dispatch says why (and the extension remembers it, so this is one check per call)."""
+    if (window_size != SSIM_WINDOW or image.dim() != 3 or gt.shape != image.shape or image.numel() == 0
+            or image.device.type != "cpu" or gt.device.type != "cpu"
+            or image.dtype != torch.float32 or gt.dtype != torch.float32
+            or (gt.requires_grad and torch.is_grad_enabled())):
+        return None
+    from cuda_rasterizer._cpu_backend import CpuBackendUnavailable, load_cpu_extension
+    try:
+        return load_cpu_extension()
+    except CpuBackendUnavailable:
+        return None
+
+
+def ssim(image: torch.Tensor, gt: torch.Tensor, window_size: int = SSIM_WINDOW, fused: bool = True) -> torch.Tensor:
+    """Mean SSIM (a scalar tensor, differentiable in image; in gt too on the torch path).
+
+    float32 CPU images of [C, H, W] (or [1, C, H, W]) with the default window go through the CPU extension's fused
+    SSIM (forward and backward in C++, no gradient for gt; the same value as ssim_map's mean up to float rounding),
+    when it builds and gt needs no gradient; everything else (CUDA, float64, batches, other windows), and
+    fused=False, is ssim_map(...).mean().
+    """
+    if fused:
+        img, tgt = image, gt
+        if img.dim() == 4 and img.shape[0] == 1 and gt.dim() == 4 and gt.shape[0] == 1:
+            img, tgt = img[0], tgt[0]
+        ext = _cpu_ssim_extension(img, tgt, window_size)
+        if ext is not None:
+            return _CpuSsim.apply(ext, img.contiguous(), tgt.contiguous())
     return ssim_map(image, gt, window_size).mean()
 
 

@@ -18,4 +18,5 @@ def psnr(image: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def image_metrics(image: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
     """PSNR and SSIM of one [3, H, W] image against its ground truth, as floats."""
     image = image.clamp(0.0, 1.0)
-    return {"PSNR": float(psnr(image, gt)), "SSIM": float(ssim(image, gt))}
+    # fused=False: the torch SSIM (ssim_map's mean), as gs-metrics has always reported, on every device.
+    return {"PSNR": float(psnr(image, gt)), "SSIM": float(ssim(image, gt, fused=False))}

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu_rasterizer.h"
+#include "cpu_ssim.h"
 
 namespace {
 
@@ -338,6 +339,48 @@ std::vector<std::optional<Tensor>> preprocess_backward(
     return {g_means, g_scales, g_rotations, g_shs};
 }
 
+// The 3DGS loss's SSIM term (cpu_ssim.h), for gs_trainer/losses.py.  image (rendered) and gt: [C, H, W] float32.
+void check_ssim_images(const Tensor& image, const Tensor& gt) {
+    TORCH_CHECK_VALUE(image.dim() == 3, "cuda_rasterizer (cpu backend): ssim: image must be [C, H, W], got ",
+                      image.sizes());
+    check_tensor(image, "ssim: image", torch::kFloat32, {-1, -1, -1});
+    check_tensor(gt, "ssim: gt", torch::kFloat32, {image.size(0), image.size(1), image.size(2)});
+    TORCH_CHECK_VALUE(image.numel() > 0, "cuda_rasterizer (cpu backend): ssim: image has no pixels, shape ",
+                      image.sizes());
+}
+
+// -> (mean SSIM, a float32 scalar; [3, C, H, W] per-pixel dS/dmu_x, dS/dE[x^2], dS/dE[xy] when need_grad,
+//     else an empty tensor)
+std::vector<Tensor> ssim_forward(const Tensor& image, const Tensor& gt, bool need_grad) {
+    check_ssim_images(image, gt);
+    const int64_t C = image.size(0), H = image.size(1), W = image.size(2);
+    Tensor grad = need_grad ? torch::empty({3, C, H, W}, image.options()) : torch::empty({0}, image.options());
+    double mean = 0.0;
+    {
+        pybind11::gil_scoped_release nogil;
+        mean = gsr::cpu::ssim::forward(image.data_ptr<float>(), gt.data_ptr<float>(), C, H, W,
+                                       need_grad ? grad.data_ptr<float>() : nullptr, threads());
+    }
+    return {torch::scalar_tensor(mean, image.options()), grad};
+}
+
+// -> dL/dimage [C, H, W] for the upstream gradient grad_ssim (a scalar) of ssim_forward's mean; ssim_grad: its maps.
+Tensor ssim_backward(const Tensor& image, const Tensor& gt, const Tensor& ssim_grad, const Tensor& grad_ssim) {
+    check_ssim_images(image, gt);
+    const int64_t C = image.size(0), H = image.size(1), W = image.size(2);
+    check_tensor(ssim_grad, "ssim: ssim_grad", torch::kFloat32, {3, C, H, W});
+    TORCH_CHECK_VALUE(grad_ssim.numel() == 1, "cuda_rasterizer (cpu backend): ssim: grad_ssim must be a scalar, got ",
+                      grad_ssim.sizes());
+    const double g = grad_ssim.item<double>();
+    Tensor dx = torch::empty({C, H, W}, image.options());
+    {
+        pybind11::gil_scoped_release nogil;
+        gsr::cpu::ssim::backward(image.data_ptr<float>(), gt.data_ptr<float>(), ssim_grad.data_ptr<float>(), C, H,
+                                 W, g, dx.data_ptr<float>(), threads());
+    }
+    return dx;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -351,4 +394,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("num_threads", &threads, "the thread count the loops use now (torch.get_num_threads())");
     m.def("isa", [] { return std::string(gsr::cpu::kIsaName); },
           "the instruction set the extension was built for: avx512 (16-lane tile loops), avx2 or baseline");
+    m.def("ssim_forward", &ssim_forward, "mean SSIM of [C, H, W] float32 images, and the maps its backward takes");
+    m.def("ssim_backward", &ssim_backward, "dL/dimage of ssim_forward's mean for an upstream scalar gradient");
 }
