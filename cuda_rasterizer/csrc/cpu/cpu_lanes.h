@@ -116,12 +116,6 @@ GSR_LANE bool any_lane(const LaneIW<16>& m) {
 #endif
 }
 
-// The low and high halves of a 16-lane vector, as 8-lane ones.
-GSR_LANE LaneF low_half(const LaneFW<16>& v) { return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7); }
-GSR_LANE LaneF high_half(const LaneFW<16>& v) {
-    return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-}
-
 // expf for each lane of x <= 0, to within 2 ulp of the libm expf that LaneOps<float>::exp calls (Cody-Waite
 // reduction to [-ln2/2, ln2/2] around n = rint(x log2 e), taken with the 1.5 * 2^23 rounding trick, which also
 // leaves n in the low mantissa bits for 2^n; then the classic degree-6 minimax polynomial).  Inputs below

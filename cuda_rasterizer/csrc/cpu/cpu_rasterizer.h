@@ -9,12 +9,12 @@
 //   bin                   count pairs per tile, fill the tiles' lists, sort each tile's list by
 //                         (depth bits, index) in parallel over tiles; record where each (Gaussian, tile) pair
 //                         landed (pair_pos), for the backward's reduction
-//   render forward        parallel over tiles; a tile stages its Gaussians contiguously, then each group of 8
-//                         pixels of a tile row walks them front to back in lockstep (each lane the CUDA
-//                         thread's loop; the group stops when all 8 are done)
-//   render backward       parallel over tiles; each 8-pixel group walks back to front from its lanes' largest
+//   render forward        parallel over tiles; a tile stages its Gaussians contiguously, then each group of W
+//                         pixels of a tile row (W = 16 with AVX-512, else 8) walks them front to back in
+//                         lockstep (each lane the CUDA thread's loop; the group stops when all W are done)
+//   render backward       parallel over tiles; each W-pixel group walks back to front from its lanes' largest
 //                         n_contrib, and adds its accepting lanes' 9 gradient values lane-wise into the tile's
-//                         per-(list position, value) lane sums; the tile then writes each sum of 8 lanes into
+//                         per-(list position, value) column sums; the tile then writes each sum of 16 lanes into
 //                         its partial row of that Gaussian: row = list position, owned by this tile alone, so
 //                         no lock and no atomic.  Then, parallel over Gaussians, each Gaussian sums its rows in
 //                         tile order (the CPU form of the CUDA `tile` policy: one flush per (tile, Gaussian)).
@@ -249,25 +249,26 @@ GSR_LANE void render_forward_tile(const Camera& cam, const RenderParams& p, int6
     }
 }
 
-// The backward's lane sums are 8 lanes wide whatever the tile loops' width: a 16-lane group adds its low half,
-// then its high half, which is the order in which two 8-lane groups of the row would have added them.  So the
-// gradients are bitwise the same for both widths (and every instruction set), as the forward's are.
-GSR_LANE void add_to_sums(float* sum, const LaneF& v) { store_lanes(sum, load_lanes<LaneF>(sum) + v); }
-GSR_LANE void add_to_sums(float* sum, const LaneFW<16>& v) {
-    add_to_sums(sum, low_half(v));
-    add_to_sums(sum, high_half(v));
+// The backward's lane sums are a tile row wide (kBlockX lanes, one per pixel column) whatever the tile loops'
+// width: a group adds its lanes at its columns.  Each column's sum runs over the tile's rows in order, so the
+// gradients are bitwise the same for every width (and instruction set), as the forward's are.
+constexpr int kSumLanes = kBlockX;
+
+template <class V>
+GSR_LANE void add_to_sums(float* sum, const V& v) {
+    store_lanes(sum, load_lanes<V>(sum) + v);
 }
 
 // One tile of the backward render, W pixels at a time: its rows of partial (see render_backward).  sums is
-// the thread's scratch: per list position and gradient value, 8 lane-wise sums over the tile's pixels (pixel
-// x adds into lane x % 8, in row order); each row of partial is then the sum of those 8 lanes, in lane order.
-// A fixed order that depends neither on the threads nor on the instruction set.
+// the thread's scratch: per list position and gradient value, kSumLanes lane-wise sums over the tile's pixels
+// (pixel x adds into lane x % 16, in row order); each row of partial is then the sum of those 16 lanes, in
+// lane order.  A fixed order that depends neither on the threads nor on the instruction set.
 template <int W>
 GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int64_t t, float* partial,
                                    std::vector<float>& staged, std::vector<float>& sums) {
     using F = LaneFW<W>;
     using I = LaneIW<W>;
-    static_assert(W % kLanes == 0, "whole 8-lane sums");
+    static_assert(kSumLanes % W == 0, "whole groups in a tile row");
     const int64_t hw = static_cast<int64_t>(cam.width) * cam.height;
     const int start = p.ranges[2 * t], end = p.ranges[2 * t + 1];
     float* rows = partial + static_cast<int64_t>(start) * kGradValues;
@@ -280,7 +281,7 @@ GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int
     count = std::min(count, end - start);
     if (count == 0) return;
     stage_tile(p, start, count, staged);
-    sums.assign(static_cast<size_t>(count) * kGradValues * kLanes, 0.f);
+    sums.assign(static_cast<size_t>(count) * kGradValues * kSumLanes, 0.f);
     for (int py = box.y0; py < box.y1; ++py) {
         for (int x0 = box.x0; x0 < box.x1; x0 += W) {
             const LaneGroup<W> grp = lane_group<W>(x0, py, box.x1);
@@ -308,16 +309,16 @@ GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int
                 if (!any_lane(m)) continue;
                 F g[kGradValues];
                 render_backward_step(st, m, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
-                float* sum = sums.data() + static_cast<size_t>(j) * kGradValues * kLanes;
-                for (int v = 0; v < kGradValues; ++v) add_to_sums(sum + v * kLanes, m ? g[v] : F{});
+                float* sum = sums.data() + static_cast<size_t>(j) * kGradValues * kSumLanes + (x0 - box.x0);
+                for (int v = 0; v < kGradValues; ++v) add_to_sums(sum + v * kSumLanes, m ? g[v] : F{});
             }
         }
     }
     for (int j = 0; j < count; ++j)
         for (int v = 0; v < kGradValues; ++v) {
-            const float* sum = sums.data() + (static_cast<size_t>(j) * kGradValues + v) * kLanes;
+            const float* sum = sums.data() + (static_cast<size_t>(j) * kGradValues + v) * kSumLanes;
             float r = sum[0];
-            for (int l = 1; l < kLanes; ++l) r += sum[l];
+            for (int l = 1; l < kSumLanes; ++l) r += sum[l];
             rows[static_cast<int64_t>(j) * kGradValues + v] = r;
         }
 }
