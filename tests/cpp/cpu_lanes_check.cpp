@@ -1,5 +1,5 @@
-// Checks, for tests/test_cpu_lanes.py, that math.cuh's per-pixel steps instantiated with the CPU's 8-pixel
-// lane type (cpu/cpu_lanes.h) give each lane the results of the float instantiation (the CUDA kernels' one):
+// Checks, for tests/test_cpu_lanes.py, that math.cuh's per-pixel steps instantiated with the CPU's 8- and
+// 16-pixel lane types (cpu/cpu_lanes.h) give each lane the results of the float instantiation (the CUDA kernels' one):
 //   exp_lanes within 2 ulp of expf;
 //   gaussian_power bitwise, and gaussian_alpha_of_power's alpha within 2 ulp (expf vs exp_lanes) with the same
 //   accepting lanes away from the 1/255 edge;
@@ -132,8 +132,10 @@ int main() {
         sum = sum * 31 + bits(a);
     }
     if (worst > 2) { std::printf("exp_lanes: %ld ulp from expf\n", static_cast<long>(worst)); ++fails; }
-    const int checked = check_steps<kLanes>(fails, sum);
-    if (checked < 10000) { std::printf("only %d accepted pairs checked\n", checked); ++fails; }
+    for (int w : {8, 16}) {  // the tile loops' widths (16 with AVX-512)
+        const int checked = w == 8 ? check_steps<8>(fails, sum) : check_steps<16>(fails, sum);
+        if (checked < 10000) { std::printf("W=%d: only %d accepted pairs checked\n", w, checked); ++fails; }
+    }
     std::printf("max_ulp %ld checksum %016llx fails %d\n", static_cast<long>(worst),
                 static_cast<unsigned long long>(sum), fails);
     return fails ? 1 : 0;

@@ -53,15 +53,9 @@ constexpr int kTileLanes = 8;
 constexpr const char* kIsaName = "baseline";
 #endif
 
-// The lane count of a lane vector type.
-template <class V>
-constexpr int lanes_of = static_cast<int>(sizeof(V) / 4);
-
 template <class V>
 GSR_LANE V splat(float x) {
-    V v;
-    for (int l = 0; l < lanes_of<V>; ++l) v[l] = x;  // (not V{} + x, which would turn -0 into +0)
-    return v;
+    return x - V{};  // exact for every x, -0 included (not V{} + x, which turns -0 into +0): a broadcast
 }
 
 // W floats at p, unaligned (a std::vector of lane vectors would not be aligned: the vector attribute does not
