@@ -1,6 +1,6 @@
 // CPU emulation of the CUDA pipeline for tests: the same __host__ __device__ code as the kernels
 // (cuda_rasterizer/csrc/math.cuh: preprocess_one, preprocess_backward_one, tile_rect, gaussian_alpha,
-// render_backward_step), driven by sequential host loops that visit (tile, pixel, Gaussian) in the
+// pixel_forward_step_depth, render_backward_step), driven by sequential host loops that visit (tile, pixel, Gaussian) in the
 // kernels' order.  Built with g++ by tests/test_cuda_math_cpu.py; compared there with reference.py.
 #include <torch/extension.h>
 
@@ -103,8 +103,9 @@ std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors,
     for (int py = 0; py < H; ++py)
         for (int px = 0; px < W; ++px) {
             const int tile = (py / gsr::kBlockY) * cam.grid_x + px / gsr::kBlockX;
-            float T = 1.f, C[3] = {0.f, 0.f, 0.f}, D = 0.f;
-            int contributor = 0, last = 0;
+            gsr::PixelFwdState st;
+            gsr::pixel_forward_init(st);
+            int contributor = 0;
             for (int k = rg[2 * tile]; k < rg[2 * tile + 1]; ++k) {
                 const int g = pl[k];
                 ++contributor;
@@ -112,19 +113,13 @@ std::vector<Tensor> render_forward(Tensor means2d, Tensor conics, Tensor colors,
                 if (!gsr::gaussian_alpha(m2[2 * g], m2[2 * g + 1], co + 3 * g, op[g], static_cast<float>(px),
                                          static_cast<float>(py), dx, dy, G, alpha))
                     continue;
-                const float test_T = T * (1.f - alpha);
-                if (test_T < gsr::kTMin) break;
-                for (int ch = 0; ch < 3; ++ch) C[ch] += col[3 * g + ch] * alpha * T;
-                const float weight = alpha * T;
-                D += weight * z[g];
-                T = test_T;
-                last = contributor;
+                if (!gsr::pixel_forward_step_depth(st, alpha, col + 3 * g, z[g], contributor)) break;
             }
             const int pix = py * W + px;
-            for (int ch = 0; ch < 3; ++ch) fp(image)[ch * H * W + pix] = C[ch] + T * cam.bg[ch];
-            fp(final_T)[pix] = T;
-            n_contrib.data_ptr<int>()[pix] = last;
-            fp(depth)[pix] = D;
+            for (int ch = 0; ch < 3; ++ch) fp(image)[ch * H * W + pix] = st.C[ch] + st.T * cam.bg[ch];
+            fp(final_T)[pix] = st.T;
+            n_contrib.data_ptr<int>()[pix] = st.last;
+            fp(depth)[pix] = st.D;
         }
     return {image, final_T, n_contrib, depth};
 }
