@@ -214,6 +214,10 @@ GSR_LANE LaneIW<W> staged_alpha(const float* s, const LaneGroup<W>& g, LaneIW<W>
     return gaussian_alpha_of_power<LaneFW<W>>(m, power, s[5], G, alpha);
 }
 
+// Positions a lane group takes at once: their alphas are computed together before their steps, so that the
+// independent exponentials overlap in the core instead of each waiting out its own latency.
+constexpr int kBatch = 4;
+
 // One tile of the forward render (tile t; staged is the thread's scratch), W pixels at a time.
 template <int W>
 GSR_LANE void render_forward_tile(const Camera& cam, const RenderParams& p, int64_t t, std::vector<float>& staged) {
@@ -229,13 +233,23 @@ GSR_LANE void render_forward_tile(const Camera& cam, const RenderParams& p, int6
             PixelFwd<F> st;
             pixel_forward_init(st);
             I live = g.inside;  // lanes not done
-            const float* s = staged.data();
-            // (whether some lane is left is tested every 4th Gaussian: a done lane gets no more work anyway)
-            for (int j = 0; j < n_items && ((j & 3) != 0 || any_lane(live)); ++j, s += kStaged) {
-                F dx, dy, G, alpha;
-                const I m = staged_alpha<W>(s, g, live, dx, dy, G, alpha);
-                if (!any_lane(m)) continue;
-                live &= ~m | pixel_forward_step(st, m, alpha, s + 6, s[10], j + 1);  // m minus the done lanes
+            for (int j0 = 0; j0 < n_items && any_lane(live); j0 += kBatch) {
+                // a batch of positions: their alphas first (independent: their exponentials overlap), then
+                // the steps in order; a lane done inside the batch takes no later step (m & live)
+                const int kn = std::min(kBatch, n_items - j0);
+                F G[kBatch], alpha[kBatch];
+                I ms[kBatch];
+                for (int k = 0; k < kn; ++k) {
+                    F dx, dy;
+                    ms[k] = staged_alpha<W>(staged.data() + static_cast<size_t>(j0 + k) * kStaged, g, live, dx, dy,
+                                            G[k], alpha[k]);
+                }
+                for (int k = 0; k < kn; ++k) {
+                    const I m = ms[k] & live;
+                    if (!any_lane(m)) continue;
+                    const float* s = staged.data() + static_cast<size_t>(j0 + k) * kStaged;
+                    live &= ~m | pixel_forward_step(st, m, alpha[k], s + 6, s[10], j0 + k + 1);  // m minus the done
+                }
             }
             const int lanes = std::min(W, box.x1 - x0);
             for (int l = 0; l < lanes; ++l) {
@@ -302,15 +316,25 @@ GSR_LANE void render_backward_tile(const Camera& cam, const RenderParams& p, int
             }
             PixelBack<F> st;
             pixel_back_init(st, T_final);
-            for (int j = top - 1; j >= 0; --j) {
-                const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
-                F dx, dy, G, alpha;
-                const I m = staged_alpha<W>(s, grp, (I{} + j) < last, dx, dy, G, alpha);
-                if (!any_lane(m)) continue;
-                F g[kGradValues];
-                render_backward_step(st, m, dpix, bg_dot, T_final, dx, dy, s + 2, s[5], G, alpha, s + 6, g);
-                float* sum = sums.data() + static_cast<size_t>(j) * kGradValues * kSumLanes + (x0 - box.x0);
-                for (int v = 0; v < kGradValues; ++v) add_to_sums(sum + v * kSumLanes, m ? g[v] : F{});
+            for (int j1 = top - 1; j1 >= 0; j1 -= kBatch) {
+                // a batch of positions j1, j1 - 1, ...: their alphas first, then the steps in order
+                const int kn = std::min(kBatch, j1 + 1);
+                F dx[kBatch], dy[kBatch], G[kBatch], alpha[kBatch];
+                I ms[kBatch];
+                for (int k = 0; k < kn; ++k)
+                    ms[k] = staged_alpha<W>(staged.data() + static_cast<size_t>(j1 - k) * kStaged, grp,
+                                            (I{} + (j1 - k)) < last, dx[k], dy[k], G[k], alpha[k]);
+                for (int k = 0; k < kn; ++k) {
+                    const I m = ms[k];
+                    if (!any_lane(m)) continue;
+                    const int j = j1 - k;
+                    const float* s = staged.data() + static_cast<size_t>(j) * kStaged;
+                    F g[kGradValues];
+                    render_backward_step(st, m, dpix, bg_dot, T_final, dx[k], dy[k], s + 2, s[5], G[k], alpha[k],
+                                         s + 6, g);
+                    float* sum = sums.data() + static_cast<size_t>(j) * kGradValues * kSumLanes + (x0 - box.x0);
+                    for (int v = 0; v < kGradValues; ++v) add_to_sums(sum + v * kSumLanes, m ? g[v] : F{});
+                }
             }
         }
     }
