@@ -1,7 +1,32 @@
-"""Shared test set-up: the CUDA marker skips cleanly, with its reason, where there is no GPU."""
+"""Shared test set-up: the CUDA marker skips cleanly, with its reason, where there is no GPU; tiny trained runs
+of the embedded scene for the tests that need a run folder."""
+
+from pathlib import Path
 
 import pytest
 import torch
+
+SCENE = Path(__file__).resolve().parents[1] / "data" / "tabletop"
+
+
+def tiny_run(tmp_path_factory, name: str, *args: str) -> Path:
+    """A run folder of data/tabletop at -r 8, one thread, trained by gs-train's main with ``args`` (iterations,
+    --eval, what to save); skips the test where the scene is missing."""
+    from gs_trainer.train import main as train_main
+    if not SCENE.is_dir():
+        pytest.skip("data/tabletop is missing")
+    run = tmp_path_factory.mktemp(name) / "run"
+    code = train_main(["-s", str(SCENE), "-m", str(run), "-r", "8", "--cpu_threads", "1", "--quiet", *args])
+    assert code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def restore_threads():
+    """gs-train's main sets torch's thread count (--cpu_threads 1): give the other test modules theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _cuda_skip_reason():

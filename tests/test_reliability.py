@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 import torch
 
 from gs_trainer.data import colmap
@@ -31,21 +32,15 @@ TINY = ["-r", "8", "--sh_degree", "1", "--test_iterations", "--save_iterations",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
+def _restore_threads(restore_threads):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An existing run of data/tabletop: config, cameras, events file, a PLY and chkpnt10.pth."""
-    if not SCENE.is_dir():
-        pytest.skip("data/tabletop is missing")
-    folder = tmp_path_factory.mktemp("existing") / "run"
-    code = main(["-s", str(SCENE), "-m", str(folder), "--iterations", str(ITERATIONS), "--checkpoint_iterations",
-                 str(CHECKPOINT_AT), *TINY])
-    assert code == 0
+    folder = tiny_run(tmp_path_factory, "existing", "--iterations", str(ITERATIONS), "--checkpoint_iterations",
+                      str(CHECKPOINT_AT), *TINY[2:])   # (tiny_run gives -r 8)
     assert list(folder.glob("events.out.tfevents.*")) and (folder / "config.yaml").is_file()
     return folder
 

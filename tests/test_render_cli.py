@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 
 from gs_trainer.evaluate import main as metrics_main
 from gs_trainer.render import main as render_main
@@ -16,23 +17,14 @@ NUM_TEST_VIEWS = 5    # data/tabletop has 36 views; --eval holds out every 8th
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    """The CLI sets torch's thread count (--cpu_threads 1); give other test modules theirs back."""
-    import torch
-    threads = torch.get_num_threads()
+def _restore_threads(restore_threads):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    if not SCENE.is_dir():
-        pytest.skip("data/tabletop is missing")
-    run = tmp_path_factory.mktemp("render") / "run"
-    code = train_main(["-s", str(SCENE), "-m", str(run), "--eval", "-r", "8", "--iterations", "20",
-                       "--test_iterations", "--save_iterations", "10", "--cpu_threads", "1", "--quiet"])
-    assert code == 0
-    return run
+    return tiny_run(tmp_path_factory, "render", "--eval", "--iterations", "20", "--test_iterations",
+                    "--save_iterations", "10")
 
 
 def test_train_output_layout(run):

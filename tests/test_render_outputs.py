@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_run
 import torch
 
 from gs_trainer.render import main as render_main
-from gs_trainer.train import main as train_main
 from gs_trainer.video import CODECS, even_size, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,21 +22,14 @@ LOSSY_PSNR_DB = 30.0      # H.264 at crf 18 / VP9 at crf 32 on smooth frames: fa
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
+def _restore_threads(restore_threads):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    if not SCENE.is_dir():
-        pytest.skip("data/tabletop is missing")
-    run = tmp_path_factory.mktemp("outputs") / "run"
-    assert train_main(["-s", str(SCENE), "-m", str(run), "--eval", "-r", "8", "--iterations", "10",
-                       "--test_iterations", "--save_iterations", "--cpu_threads", "1", "--quiet",
-                       "--no-tensorboard"]) == 0
-    return run
+    return tiny_run(tmp_path_factory, "outputs", "--eval", "--iterations", "10", "--test_iterations",
+                    "--save_iterations", "--no-tensorboard")
 
 
 def frames(n=8, w=64, h=48):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_run
 import torch
 
 from gs_trainer.train import main as train_main
@@ -20,22 +21,14 @@ MIN_CONTENT_STD = 4.0     # grey levels: a blank or error page has (almost) none
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
+def _restore_threads(restore_threads):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    if not SCENE.is_dir():
-        pytest.skip("data/tabletop is missing")
-    run = tmp_path_factory.mktemp("view") / "run"
-    code = train_main(["-s", str(SCENE), "-m", str(run), "--eval", "-r", "8", "--iterations", "10",
-                       "--test_iterations", "--save_iterations", "--cpu_threads", "1", "--quiet",
-                       "--no-tensorboard"])
-    assert code == 0
-    return run
+    return tiny_run(tmp_path_factory, "view", "--eval", "--iterations", "10", "--test_iterations",
+                    "--save_iterations", "--no-tensorboard")
 
 
 def wait_until(predicate, what: str, timeout: float = WAIT_S):
