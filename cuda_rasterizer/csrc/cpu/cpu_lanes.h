@@ -36,12 +36,12 @@ using LaneFW = typename LaneTypes<W>::F;
 template <int W>
 using LaneIW = typename LaneTypes<W>::I;
 
-// The 8-lane types: the width of the backward's lane sums, whatever the tile loops' width.
+// The 8-lane types: the tile loops' width in AVX2 and baseline builds.
 constexpr int kLanes = 8;
 using LaneF = LaneFW<kLanes>;
 using LaneI = LaneIW<kLanes>;
 
-// The tile loops' width: the build's instruction set (the loader's flags, csrc/../_cpu_backend.py).
+// The tile loops' width: the build's instruction set (the loader's flags, cuda_rasterizer/_cpu_backend.py).
 #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
 constexpr int kTileLanes = 16;
 constexpr const char* kIsaName = "avx512";
